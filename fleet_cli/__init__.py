@@ -1,0 +1,1 @@
+"""The `fleet` command: client calls, operator tasks and a local launcher."""

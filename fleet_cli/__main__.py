@@ -1,0 +1,76 @@
+"""`fleet`: talk to a gateway, run operator tasks, or start a local fleet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fleet_cli import client, registry_client
+from fleet_cli.operator import add_operator_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    complete = commands.add_parser("complete", help="complete a prompt")
+    client.add_client_arguments(complete)
+    client.add_sampling_arguments(complete)
+    complete.add_argument("prompt")
+    complete.set_defaults(handler=lambda a: client.run_generation(a, "complete", prompt=a.prompt))
+
+    infill = commands.add_parser("infill", help="fill in the middle between prefix and suffix")
+    client.add_client_arguments(infill)
+    client.add_sampling_arguments(infill)
+    infill.add_argument("--prefix", required=True)
+    infill.add_argument("--suffix", default="")
+    infill.add_argument("--spm", action="store_true", help="suffix-prefix-middle order")
+    infill.set_defaults(handler=lambda a: client.run_generation(
+        a, "infill", prefix=a.prefix, suffix=a.suffix,
+        order=client.pb.INFILL_ORDER_SPM if a.spm else client.pb.INFILL_ORDER_PSM))
+
+    chat = commands.add_parser("chat", help="chat with an Instruct model")
+    client.add_client_arguments(chat)
+    client.add_sampling_arguments(chat)
+    chat.add_argument("--system")
+    chat.add_argument("turns", nargs="+", help="user, assistant, user, ... (or role:text)")
+    chat.set_defaults(handler=lambda a: client.run_generation(
+        a, "chat", messages=client.parse_messages(a.system, a.turns)))
+
+    preview = commands.add_parser("preview", help="show the exact token ids of a request")
+    client.add_client_arguments(preview)
+    preview.add_argument("--prompt")
+    preview.add_argument("--prefix")
+    preview.add_argument("--suffix")
+    preview.add_argument("--spm", action="store_true")
+    preview.add_argument("--system")
+    preview.add_argument("--max-tokens", type=int)
+    preview.add_argument("--json", action="store_true")
+    preview.add_argument("turns", nargs="*", help="chat turns (when no --prompt/--prefix)")
+    preview.set_defaults(handler=client.run_preview)
+
+    models = commands.add_parser("models", help="list the served models")
+    models.add_argument("--target", default="127.0.0.1:50051")
+    models.add_argument("--api-key", default=None)
+    models.add_argument("--timeout", type=float, default=10.0)
+    models.set_defaults(handler=client.run_models)
+
+    up = commands.add_parser("up", help="run Redis (if needed), a worker and a gateway locally "
+                                        "with the demo model")
+    up.add_argument("--state-dir", default="var")
+    up.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    up.add_argument("--port", type=int, default=50051)
+    up.set_defaults(handler=lambda a: __import__("fleet_cli.launcher").launcher.run_up(a))
+
+    add_operator_commands(commands)
+    registry_client.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

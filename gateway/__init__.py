@@ -1,0 +1,1 @@
+"""The gRPC gateway: authenticate, validate, resolve, enqueue, stream back."""

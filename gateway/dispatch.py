@@ -1,0 +1,122 @@
+"""Putting a request on its pool's queue and reading its result stream back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from fleet_common.errors import DeadlineExceeded, EngineFailure, Unavailable
+from fleet_common.keys import (
+    CANCEL_CHANNEL,
+    GENERATE_TASK,
+    cancelled_flag,
+    live_workers,
+    result_stream,
+)
+from fleet_common.task_message import task_message
+from fleet_common.wire import EventKind, GenerationTask, StreamEvent
+
+log = logging.getLogger(__name__)
+_CANCEL_FLAG_TTL_S = 3600
+# One XREAD blocks at most this long, well under the Redis client's socket timeout.
+_READ_BLOCK_MS = 1000
+
+
+@contextmanager
+def _backend_errors(what: str) -> Iterator[None]:
+    """Redis or broker trouble is the fleet being unavailable, not an internal error."""
+    try:
+        yield
+    except (RedisError, KombuOperationalError, OSError) as exc:
+        raise Unavailable(f"queue backend unreachable while {what}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+class Dispatcher:
+    def __init__(self, redis: Redis, *, worker_liveness_s: float) -> None:
+        self._redis = redis
+        self._liveness_s = worker_liveness_s
+        self._live_cache: dict[str, tuple[float, int]] = {}
+
+    async def live_worker_count(self, queue: str) -> int:
+        """Workers whose heartbeat is fresh. A positive answer is cached for a second per queue;
+        zero is always re-read, so a worker that just started is seen at once."""
+        now = time.time()
+        cached = self._live_cache.get(queue)
+        if cached and now - cached[0] < 1.0:
+            return cached[1]
+        with _backend_errors("checking for live workers"):
+            count = await self._redis.zcount(live_workers(queue), now - self._liveness_s,
+                                             "+inf")
+        if count:
+            self._live_cache[queue] = (now, count)
+        else:
+            self._live_cache.pop(queue, None)
+        return count
+
+    async def submit(self, task: GenerationTask, queue: str, pool: str) -> None:
+        if await self.live_worker_count(queue) == 0:
+            raise Unavailable(
+                f"no live worker serves {task.model}@{task.model_version} "
+                f"(pool {pool}, queue {queue}); retry later"
+            )
+        message = task_message(GENERATE_TASK, task.request_id, (task.to_json(),), queue,
+                               expires_unix=task.deadline_unix, now_unix=time.time())
+        with _backend_errors(f"queueing request {task.request_id}"):
+            await self._redis.lpush(queue, message)
+
+    async def queue_depth(self, queue: str) -> int:
+        return int(await self._redis.llen(queue))
+
+    async def events(
+        self, task: GenerationTask, queue: str, deadline_unix: float
+    ) -> AsyncIterator[StreamEvent]:
+        """The request's events until its final one; DeadlineExceeded if it does not come."""
+        key = result_stream(task.request_id)
+        last_id = "0-0"
+        started = False
+        while True:
+            remaining_ms = int((deadline_unix - time.time()) * 1000)
+            if remaining_ms <= 0:
+                raise await self._deadline_error(task, queue, started, deadline_unix)
+            with _backend_errors(f"reading the results of request {task.request_id}"):
+                reply = await self._redis.xread({key: last_id}, count=256,
+                                                block=min(remaining_ms, _READ_BLOCK_MS))
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    event = StreamEvent.from_fields(fields)
+                    if event.kind is EventKind.ERROR:
+                        raise EngineFailure(event.data.get("message", "engine failure"))
+                    started = started or event.kind is EventKind.STARTED
+                    yield event
+                    if event.kind is EventKind.FINAL:
+                        return
+
+    async def _deadline_error(
+        self, task: GenerationTask, queue: str, started: bool, deadline_unix: float
+    ) -> DeadlineExceeded:
+        budget = deadline_unix - task.enqueued_at_unix
+        if started:
+            return DeadlineExceeded(
+                f"request {task.request_id} did not finish within its deadline of {budget:.2f} s"
+            )
+        depth = await self.queue_depth(queue)
+        live = await self.live_worker_count(queue)
+        return DeadlineExceeded(
+            f"no worker started request {task.request_id} within its deadline of {budget:.2f} s "
+            f"(queue {queue}: {depth} waiting, {live} live workers)"
+        )
+
+    async def cancel(self, request_id: str) -> None:
+        """Stops the request wherever it is: queued (flag) or generating (abort message)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(cancelled_flag(request_id), 1, ex=_CANCEL_FLAG_TTL_S)
+            pipe.publish(CANCEL_CHANNEL, request_id)
+            await pipe.execute()

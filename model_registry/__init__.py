@@ -1,0 +1,1 @@
+"""The model registry: pools, models and their versions, stored with SQLAlchemy."""

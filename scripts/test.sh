@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs, checks generated protobuf code and the API lint, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install.sh
+VENV="${FLEET_VENV:-.venv}"
+export PATH="$PWD/$VENV/bin:$PATH"
+./scripts/check_protos.sh
+exec python -m pytest "$@"

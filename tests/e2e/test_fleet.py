@@ -1,0 +1,373 @@
+"""The fleet end to end: real gRPC, Redis, Celery worker processes and vLLM engines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import redis
+
+from codellama.fleet.v1 import generation_pb2 as pb
+from codellama.fleet.v1 import inference_service_pb2 as api
+from fleet_common.keys import live_workers, result_stream
+from fleet_common.wire import EventKind, StreamEvent
+from tests.e2e.conftest import (
+    BASE_34B,
+    CHAT_7B,
+    SPARE,
+    UNSERVED,
+    References,
+    engine_prompt,
+    reference_cases,
+)
+from tests.e2e.fleet_harness import Fleet
+
+pytestmark = pytest.mark.e2e
+
+
+def _sampling(max_tokens: int, **kwargs: object) -> pb.SamplingParams:
+    return pb.SamplingParams(max_tokens=max_tokens, temperature=0.0, **kwargs)
+
+
+def _chat_messages() -> list[pb.ChatMessage]:
+    _, prompt_input, _ = reference_cases()["chat"]
+    return [pb.ChatMessage(role=m.role, content=m.content) for m in prompt_input.messages]
+
+
+def test_greedy_completion_equals_vllm_alone(references: References, fleet: Fleet) -> None:
+    model, prompt_input, max_tokens = reference_cases()["completion"]
+    response = fleet.stub().Complete(api.CompleteRequest(
+        model=model, prompt=prompt_input.prompt, sampling=_sampling(max_tokens)), timeout=60)
+    expected = references.get("completion")
+    assert list(response.choices[0].token_ids) == expected["token_ids"]
+    assert response.choices[0].text == expected["text"]
+    assert response.usage.completion_tokens == len(expected["token_ids"])
+    assert response.usage.prompt_tokens == len(engine_prompt(fleet.store, model, prompt_input)
+                                               .token_ids)
+    assert response.served_by.model_version == "v1"
+
+
+def test_greedy_chat_equals_vllm_alone(references: References, fleet: Fleet) -> None:
+    model, _, max_tokens = reference_cases()["chat"]
+    response = fleet.stub().Chat(api.ChatRequest(
+        model=model, messages=_chat_messages(), sampling=_sampling(max_tokens)), timeout=60)
+    expected = references.get("chat")
+    assert list(response.choices[0].token_ids) == expected["token_ids"]
+    assert response.choices[0].text == expected["text"]
+
+
+def test_preview_shows_the_ids_the_engine_gets(fleet: Fleet) -> None:
+    model, prompt_input, _ = reference_cases()["chat"]
+    preview = fleet.stub().PreviewPrompt(api.PreviewPromptRequest(
+        model=model, chat=api.ChatInput(messages=_chat_messages())), timeout=10)
+    built = engine_prompt(fleet.store, model, prompt_input)
+    assert list(preview.token_ids) == built.token_ids
+    assert list(preview.stop_token_ids) == built.stop_token_ids
+    assert preview.prompt_format == "llama2-chat"
+    assert preview.pieces[0] == "<s>" and len(preview.pieces) == len(preview.token_ids)
+
+
+def test_tensor_parallel_2_worker_equals_single_rank_vllm(references: References,
+                                                          fleet: Fleet) -> None:
+    model, prompt_input, max_tokens = reference_cases()["completion_34b"]
+    assert fleet.store.get_version(model).tensor_parallel_size == 2
+    response = fleet.stub().Complete(api.CompleteRequest(
+        model=model, prompt=prompt_input.prompt, sampling=_sampling(max_tokens)), timeout=60)
+    assert response.served_by.worker == "w-34b-tp2"
+    assert list(response.choices[0].token_ids) == references.get("completion_34b")["token_ids"]
+
+
+def test_stream_delivers_deltas_while_generating(fleet: Fleet) -> None:
+    rid = uuid.uuid4().hex
+    request = api.StreamCompleteRequest(model=CHAT_7B, prompt="class Stack:",
+                                        sampling=_sampling(400, ignore_eos=True),
+                                        options=pb.RequestOptions(request_id=rid))
+    client = redis.Redis.from_url(fleet.redis_url)
+    events_when_first_delta_arrived: list[str] | None = None
+    messages = []
+    for message in fleet.stub().StreamComplete(request, timeout=60):
+        if events_when_first_delta_arrived is None and any(d.token_ids for d in message.deltas):
+            events_when_first_delta_arrived = [
+                StreamEvent.from_fields(f).kind.value for _, f in client.xrange(result_stream(rid))]
+        messages.append(message)
+    assert events_when_first_delta_arrived is not None
+    assert "final" not in events_when_first_delta_arrived, \
+        "the first delta reached the client only after generation had ended"
+    with_tokens = [m for m in messages if any(d.token_ids for d in m.deltas)]
+    # vLLM merges steps its consumer has not read yet, so a busy machine sends fewer, larger
+    # deltas; what must hold is that they come in pieces and start before generation ends.
+    assert len(with_tokens) >= 3, "deltas must arrive as generated, not in one piece"
+    tokens = [t for m in with_tokens for d in m.deltas for t in d.token_ids]
+    final = messages[-1]
+    assert len(tokens) == 400 == final.usage.completion_tokens
+    assert final.timings.time_to_first_token_ms < final.timings.total_ms
+
+
+def test_requests_run_only_in_their_own_pool(fleet: Fleet) -> None:
+    stub = fleet.stub()
+    for i in range(6):
+        model, worker, pool = ((CHAT_7B, "w-7b", "7b") if i % 2 == 0
+                               else (BASE_34B, "w-34b-tp2", "34b"))
+        response = stub.Complete(api.CompleteRequest(model=model, prompt=f"x = {i}",
+                                                     sampling=_sampling(4)), timeout=60)
+        assert (response.served_by.worker, response.served_by.pool) == (worker, pool)
+
+
+def test_continuous_batching_serves_8_requests_far_faster_than_8_in_turn(fleet: Fleet) -> None:
+    stub = fleet.stub()
+
+    def one(i: int) -> float:
+        started = time.perf_counter()
+        response = stub.Complete(api.CompleteRequest(
+            model=CHAT_7B, prompt=f"# task {i}\ndef solve():",
+            sampling=_sampling(96, ignore_eos=True)), timeout=120)
+        assert response.usage.completion_tokens == 96
+        return time.perf_counter() - started
+
+    one(0)  # warm-up
+    single = min(one(1), one(2))
+    with ThreadPoolExecutor(8) as pool:
+        started = time.perf_counter()
+        list(pool.map(one, range(8)))
+        concurrent = time.perf_counter() - started
+    print(f"\nbatching: 1 request {single:.3f} s, 8 concurrent {concurrent:.3f} s, "
+          f"speed-up {8 * single / concurrent:.1f}x")
+    assert concurrent < 4 * single
+
+
+BAD_SAMPLING = [
+    ("sampling.max_tokens", pb.SamplingParams(max_tokens=0)),
+    ("sampling.max_tokens", pb.SamplingParams(max_tokens=5000)),
+    ("sampling.temperature", pb.SamplingParams(temperature=-0.5)),
+    ("sampling.temperature", pb.SamplingParams(temperature=float("nan"))),
+    ("sampling.top_p", pb.SamplingParams(top_p=0.0)),
+    ("sampling.top_p", pb.SamplingParams(top_p=1.5)),
+    ("sampling.top_k", pb.SamplingParams(top_k=1_000_000)),
+    ("sampling.repetition_penalty", pb.SamplingParams(repetition_penalty=0.0)),
+    ("sampling.stop_sequences", pb.SamplingParams(stop_sequences=["a"] * 9)),
+    ("sampling.stop_sequences[0]", pb.SamplingParams(stop_sequences=[""])),
+    ("sampling.stop_sequences[1]", pb.SamplingParams(stop_sequences=["ok", "x" * 65])),
+    ("sampling.seed", pb.SamplingParams(seed=2**64 - 1)),
+    ("sampling.n", pb.SamplingParams(n=9, temperature=1.0)),
+    ("sampling.n", pb.SamplingParams(n=2)),
+    ("sampling.logprobs", pb.SamplingParams(logprobs=6)),
+]
+
+
+def _assert_rejected_before_queueing(fleet: Fleet, call: object, request: object,
+                                     code: grpc.StatusCode, *needles: str) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=10)  # type: ignore[operator]
+    assert caught.value.code() == code, caught.value.details()
+    details = caught.value.details()
+    for needle in needles:
+        assert needle in details, details
+    rid = request.options.request_id  # type: ignore[attr-defined]
+    if rid:
+        time.sleep(0.2)
+        assert not redis.Redis.from_url(fleet.redis_url).exists(result_stream(rid)), \
+            "a rejected request reached a worker"
+    return details
+
+
+@pytest.mark.parametrize(("field", "sampling"), BAD_SAMPLING,
+                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_SAMPLING)])
+def test_bad_sampling_field_is_invalid_argument_and_reaches_no_worker(
+        fleet: Fleet, field: str, sampling: pb.SamplingParams) -> None:
+    request = api.CompleteRequest(model=CHAT_7B, prompt="x", sampling=sampling,
+                                  options=pb.RequestOptions(request_id=uuid.uuid4().hex))
+    _assert_rejected_before_queueing(fleet, fleet.stub().Complete, request,
+                                     grpc.StatusCode.INVALID_ARGUMENT, field + ":")
+
+
+BAD_INPUTS = [
+    ("model", lambda o: api.CompleteRequest(model="", prompt="x", options=o)),
+    ("prompt", lambda o: api.CompleteRequest(model=CHAT_7B, prompt="", options=o)),
+    ("prompt", lambda o: api.CompleteRequest(model=CHAT_7B, prompt="a <FILL_ME> b <FILL_ME>",
+                                             options=o)),
+    ("options.request_id", lambda o: api.CompleteRequest(
+        model=CHAT_7B, prompt="x", options=pb.RequestOptions(request_id="has space"))),
+    ("options.priority", lambda o: api.CompleteRequest(
+        model=CHAT_7B, prompt="x", options=pb.RequestOptions(request_id=o.request_id,
+                                                             priority=42))),
+    ("order", lambda o: api.InfillRequest(model=CHAT_7B, prefix="a", order=7, options=o)),
+    ("messages", lambda o: api.ChatRequest(model=CHAT_7B, messages=[], options=o)),
+    ("messages[0].role", lambda o: api.ChatRequest(
+        model=CHAT_7B, messages=[pb.ChatMessage(content="hi")], options=o)),
+    ("messages[1].role", lambda o: api.ChatRequest(model=CHAT_7B, messages=[
+        pb.ChatMessage(role=pb.ROLE_USER, content="a"),
+        pb.ChatMessage(role=pb.ROLE_USER, content="b")], options=o)),
+    ("messages[0].content", lambda o: api.ChatRequest(model=CHAT_7B, messages=[
+        pb.ChatMessage(role=pb.ROLE_USER, content="[INST] hi")], options=o)),
+]
+
+
+@pytest.mark.parametrize(("field", "make"), BAD_INPUTS,
+                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_field_is_invalid_argument_and_reaches_no_worker(fleet: Fleet, field: str,
+                                                                   make: object) -> None:
+    request = make(pb.RequestOptions(request_id=uuid.uuid4().hex))  # type: ignore[operator]
+    method = {api.CompleteRequest: fleet.stub().Complete, api.InfillRequest: fleet.stub().Infill,
+              api.ChatRequest: fleet.stub().Chat}[type(request)]
+    _assert_rejected_before_queueing(fleet, method, request, grpc.StatusCode.INVALID_ARGUMENT,
+                                     field + ":")
+
+
+def test_over_long_prompt_is_refused_by_the_gateway(fleet: Fleet) -> None:
+    request = api.CompleteRequest(model=CHAT_7B, prompt="word " * 2100, sampling=_sampling(8),
+                                  options=pb.RequestOptions(request_id=uuid.uuid4().hex))
+    details = _assert_rejected_before_queueing(fleet, fleet.stub().Complete, request,
+                                               grpc.StatusCode.INVALID_ARGUMENT, "prompt:")
+    assert "2048" in details
+
+
+def test_max_tokens_beyond_the_context_names_the_room_left(fleet: Fleet) -> None:
+    request = api.CompleteRequest(model=CHAT_7B, prompt="word " * 1000, sampling=_sampling(1500),
+                                  options=pb.RequestOptions(request_id=uuid.uuid4().hex))
+    details = _assert_rejected_before_queueing(fleet, fleet.stub().Complete, request,
+                                               grpc.StatusCode.INVALID_ARGUMENT,
+                                               "sampling.max_tokens:", "1500", "2048")
+    assert "at most" in details
+
+
+def test_mode_the_model_cannot_do_is_failed_precondition(fleet: Fleet) -> None:
+    request = api.InfillRequest(model=BASE_34B, prefix="def f():", suffix="",
+                                options=pb.RequestOptions(request_id=uuid.uuid4().hex))
+    _assert_rejected_before_queueing(fleet, fleet.stub().Infill, request,
+                                     grpc.StatusCode.FAILED_PRECONDITION, "cannot infill")
+    chat = api.ChatRequest(model=BASE_34B, messages=[pb.ChatMessage(role=pb.ROLE_USER,
+                                                                    content="hi")],
+                           options=pb.RequestOptions(request_id=uuid.uuid4().hex))
+    _assert_rejected_before_queueing(fleet, fleet.stub().Chat, chat,
+                                     grpc.StatusCode.FAILED_PRECONDITION, "cannot chat")
+
+
+def test_unknown_model_is_not_found_and_names_the_served_ones(fleet: Fleet) -> None:
+    details = _assert_rejected_before_queueing(
+        fleet, fleet.stub().Complete, api.CompleteRequest(model="no-such-model", prompt="x"),
+        grpc.StatusCode.NOT_FOUND, "no-such-model")
+    assert CHAT_7B in details
+
+
+def test_model_without_live_worker_is_unavailable_at_once(fleet: Fleet) -> None:
+    started = time.perf_counter()
+    details = _assert_rejected_before_queueing(
+        fleet, fleet.stub().Complete, api.CompleteRequest(model=UNSERVED, prompt="x"),
+        grpc.StatusCode.UNAVAILABLE, "no live worker", UNSERVED)
+    assert time.perf_counter() - started < 2, details
+
+
+def test_worker_gone_silent_gives_deadline_exceeded_within_the_deadline(fleet: Fleet) -> None:
+    """A worker that died a moment ago still looks alive; the deadline must still hold."""
+    client = redis.Redis.from_url(fleet.redis_url)
+    queue = fleet.store.get_version(UNSERVED).queue
+    client.zadd(live_workers(queue), {"ghost": time.time() + 60})
+    try:
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as caught:
+            fleet.stub().Complete(api.CompleteRequest(model=UNSERVED, prompt="x"), timeout=2.0)
+        elapsed = time.perf_counter() - started
+    finally:
+        client.zrem(live_workers(queue), "ghost")
+        client.delete(queue)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no worker started" in caught.value.details(), caught.value.details()
+    assert queue in caught.value.details()
+    assert elapsed < 2.5
+
+
+def test_stopped_worker_gives_unavailable(fleet: Fleet) -> None:
+    worker = fleet.start_worker("w-spare", SPARE)
+    stub = fleet.stub()
+    ok = stub.Complete(api.CompleteRequest(model=SPARE, prompt="x", sampling=_sampling(2)),
+                       timeout=60)
+    assert ok.served_by.worker == "w-spare"
+    worker.stop()
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Complete(api.CompleteRequest(model=SPARE, prompt="x"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "no live worker" in caught.value.details()
+    assert time.perf_counter() - started < 5
+
+
+def test_cancelled_stream_aborts_the_engine_request(fleet: Fleet) -> None:
+    rid = uuid.uuid4().hex
+    call = fleet.stub().StreamComplete(api.StreamCompleteRequest(
+        model=CHAT_7B, prompt="while True:", sampling=_sampling(1900, ignore_eos=True),
+        options=pb.RequestOptions(request_id=rid)), timeout=120)
+    for message in call:
+        if any(d.token_ids for d in message.deltas):
+            break
+    call.cancel()
+    client = redis.Redis.from_url(fleet.redis_url)
+    final = None
+    deadline = time.monotonic() + 20
+    while final is None and time.monotonic() < deadline:
+        for _, fields in client.xrange(result_stream(rid)):
+            event = StreamEvent.from_fields(fields)
+            if event.kind is EventKind.FINAL:
+                final = event.data
+        time.sleep(0.1)
+    assert final is not None, "the worker never finished the cancelled request"
+    assert final["finish_reasons"] == {"0": "cancelled"}
+    assert final["completion_tokens"] < 1900 / 2, final
+
+
+def test_health_and_reflection_are_served(fleet: Fleet) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = grpc.insecure_channel(fleet.target)
+    health = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="codellama.fleet.v1.InferenceService"), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert "codellama.fleet.v1.InferenceService" in names
+
+
+def test_list_models_shows_modes_and_limits(fleet: Fleet) -> None:
+    models = {m.name: m for m in fleet.stub().ListModels(api.ListModelsRequest(),
+                                                          timeout=5).models}
+    assert list(models[CHAT_7B].modes) == ["completion", "infill", "chat"]
+    assert list(models[BASE_34B].modes) == ["completion"]
+    assert models[CHAT_7B].context_limit == 2048 and models[BASE_34B].pool == "34b"
+
+
+
+def test_worker_never_executes_a_pickled_task(fleet: Fleet) -> None:
+    """Only JSON is accepted: a pickle-encoded message on the queue is refused, not run."""
+    import base64
+    import json
+    import pickle
+
+    from fleet_common.keys import GENERATE_TASK
+    from fleet_common.task_message import task_message
+    from fleet_common.wire import GenerationTask, Mode, Sampling
+
+    served = fleet.store.get_version(CHAT_7B)
+    queue, rid, now = served.queue, uuid.uuid4().hex, time.time()
+    task = GenerationTask(  # a task that would run and write its stream if it were accepted
+        request_id=rid, model=CHAT_7B, model_version=served.version, mode=Mode.COMPLETION,
+        prompt_token_ids=[1, 822], stop_token_ids=[], sampling=Sampling(max_tokens=2),
+        decode_as_infill=False, deadline_unix=now + 60, enqueued_at_unix=now).to_json()
+    message = json.loads(task_message(GENERATE_TASK, rid, (task,), queue,
+                                      expires_unix=now + 60, now_unix=now))
+    message["content-type"] = "application/x-python-serialize"
+    message["content-encoding"] = "binary"
+    message["body"] = base64.b64encode(pickle.dumps(((task,), {}, {}))).decode()
+    client = redis.Redis.from_url(fleet.redis_url)
+    client.lpush(queue, json.dumps(message))
+    time.sleep(3)
+    assert client.llen(queue) == 0, "the worker should have taken the message off the queue"
+    assert not client.exists(result_stream(rid)), "a pickled task must never run"
+    log = fleet.workers["w-7b"].log_path.read_text()
+    assert "ContentDisallowed" in log or "disallowed" in log.lower(), log[-2000:]
+    ok = fleet.stub().Complete(api.CompleteRequest(model=CHAT_7B, prompt="x",
+                                                   sampling=_sampling(2)), timeout=60)
+    assert ok.usage.completion_tokens == 2

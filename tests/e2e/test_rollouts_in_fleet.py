@@ -1,0 +1,85 @@
+"""Rollouts through the real gateway and workers: canary split, stickiness, rollback, and a
+worker that refuses a corrupted checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from codellama.fleet.v1 import generation_pb2 as pb
+from codellama.fleet.v1 import inference_service_pb2 as api
+from fleet_common.keys import live_workers
+from model_registry.rollouts import Change, RolloutStore
+from tests.e2e.conftest import CANARY, CONTEXT_LIMIT
+from tests.e2e.fleet_harness import Fleet
+
+pytestmark = pytest.mark.e2e
+GATEWAY_SEES_CHANGE_S = 1.5  # the test gateway refreshes every 0.5 s
+
+
+def _preview_version(fleet: Fleet, key: str) -> str:
+    return fleet.stub().PreviewPrompt(api.PreviewPromptRequest(
+        model=CANARY, prompt="def f():", options=pb.RequestOptions(routing_key=key)),
+        timeout=10).model_version
+
+
+def test_canary_split_stickiness_and_rollback_through_the_fleet(fleet: Fleet) -> None:
+    rollouts = RolloutStore(fleet.store)
+    rollouts.start_canary(Change(CANARY, "alice", "e2e canary"), "v2", 10)
+    time.sleep(GATEWAY_SEES_CHANGE_S)
+
+    versions = [_preview_version(fleet, f"user-{i}") for i in range(2000)]
+    share = versions.count("v2") / 2000
+    assert 0.073 <= share <= 0.127, f"candidate share {share:.3f} at weight 10"
+    assert {_preview_version(fleet, "user-7") for _ in range(20)} == {versions[7]}
+
+    rollouts.set_weight(Change(CANARY, "alice", "widen"), 50)
+    time.sleep(GATEWAY_SEES_CHANGE_S)
+    stub = fleet.stub()
+    seen = set()
+    for i in range(12):
+        key = f"gen-{i}"
+        expected = _preview_version(fleet, key)
+        response = stub.Complete(api.CompleteRequest(
+            model=CANARY, prompt="def f():", options=pb.RequestOptions(routing_key=key),
+            sampling=pb.SamplingParams(max_tokens=4, temperature=0.0)), timeout=60)
+        assert response.served_by.model_version == expected
+        assert response.served_by.worker == f"w-canary-{expected}"
+        seen.add(expected)
+    assert seen == {"v1", "v2"}
+
+    rollouts.rollback(Change(CANARY, "bob", "candidate misbehaves"))
+    time.sleep(GATEWAY_SEES_CHANGE_S)
+    assert {_preview_version(fleet, f"user-{i}") for i in range(300)} == {"v1"}
+    for i in range(6):
+        response = stub.Complete(api.CompleteRequest(
+            model=CANARY, prompt="x", options=pb.RequestOptions(routing_key=f"user-{i}"),
+            sampling=pb.SamplingParams(max_tokens=2)), timeout=60)
+        assert response.served_by.worker == "w-canary-v1"
+    assert [e.action for e in rollouts.events(CANARY)] == [
+        "create", "start_canary", "set_weight", "rollback"]
+
+
+def test_worker_refuses_a_corrupted_checkpoint_and_never_becomes_ready(
+        fleet: Fleet, tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "corrupt"
+    shutil.copytree(tiny_checkpoints["infill"], copy)
+    served = fleet.register("tiny-corrupt", copy, variant="codellama-7b",
+                            context_limit=CONTEXT_LIMIT)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[4096] ^= 0x01  # one bit, same size: only the checksum can tell
+    weights.write_bytes(bytes(data))
+
+    worker = fleet.spawn_worker("w-corrupt", "tiny-corrupt")
+    worker.process.wait(timeout=120)
+    assert worker.process.returncode == 3
+    log = worker.log_path.read_text()
+    assert "model.safetensors" in log and "sha256" in log and "will not load it" in log
+    assert "engine ready" not in log
+    client = redis.Redis.from_url(fleet.redis_url)
+    assert client.zscore(live_workers(served.queue), "w-corrupt") is None

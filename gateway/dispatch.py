@@ -107,8 +107,11 @@ class Dispatcher:
             return DeadlineExceeded(
                 f"request {task.request_id} did not finish within its deadline of {budget:.2f} s"
             )
-        depth = await self.queue_depth(queue)
-        live = await self.live_worker_count(queue)
+        with _backend_errors(f"inspecting queue {queue}"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.llen(queue)
+                pipe.zcount(live_workers(queue), time.time() - self._liveness_s, "+inf")
+                depth, live = await pipe.execute()
         return DeadlineExceeded(
             f"no worker started request {task.request_id} within its deadline of {budget:.2f} s "
             f"(queue {queue}: {depth} waiting, {live} live workers)"

@@ -138,7 +138,8 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
         if remaining is None:
             budget = self._settings.default_deadline_s
         else:
-            budget = min(remaining - min(0.1, remaining * 0.05), self._settings.max_deadline_s)
+            margin = min(self._settings.deadline_margin_s, remaining * 0.1)
+            budget = min(remaining - margin, self._settings.max_deadline_s)
         return received + max(budget, 0.0)
 
     async def _events(self, admitted: _Admitted, assembler: ResultAssembler

@@ -30,6 +30,9 @@ class GatewaySettings(BaseSettings):
     port_file: str | None = Field(default=None, description="Write the bound port here.")
     default_deadline_s: float = Field(default=120.0, gt=0)
     max_deadline_s: float = Field(default=1800.0, gt=0)
+    deadline_margin_s: float = Field(
+        default=0.3, ge=0, description="Answer this long (at most a tenth of the budget) before "
+        "the client's deadline, so it gets our status and not its own bare DEADLINE_EXCEEDED.")
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="API key -> tenant. Empty: no authentication."
     )

@@ -268,7 +268,7 @@ def test_worker_gone_silent_gives_deadline_exceeded_within_the_deadline(fleet: F
     try:
         started = time.perf_counter()
         with pytest.raises(grpc.RpcError) as caught:
-            fleet.stub().Complete(api.CompleteRequest(model=UNSERVED, prompt="x"), timeout=2.0)
+            fleet.stub().Complete(api.CompleteRequest(model=UNSERVED, prompt="x"), timeout=3.0)
         elapsed = time.perf_counter() - started
     finally:
         client.zrem(live_workers(queue), "ghost")
@@ -276,7 +276,7 @@ def test_worker_gone_silent_gives_deadline_exceeded_within_the_deadline(fleet: F
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "no worker started" in caught.value.details(), caught.value.details()
     assert queue in caught.value.details()
-    assert elapsed < 2.5
+    assert elapsed < 3.0
 
 
 def test_stopped_worker_gives_unavailable(fleet: Fleet) -> None:

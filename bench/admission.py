@@ -221,7 +221,8 @@ async def inprocess_admission(plan: dict[str, Any], events: Events) -> dict[str,
 
     async def admit(i: int) -> None:
         request = requests[i % len(requests)]
-        await servicer._admit(PromptInput.completion(request), request, context)
+        admitted = await servicer._admit(PromptInput.completion(request), request, context)
+        gw["dispatcher"].release(admitted.feed)
 
     await _drive(min(200, total), min(concurrency, 32), admit, events, "admission-inprocess-warmup")
     _queue_length(plan["redis_url"], plan["queue"], clear=True)

@@ -24,3 +24,8 @@ def cancelled_flag(request_id: str) -> str:
 def live_workers(queue: str) -> str:
     """Sorted set of the workers consuming `queue`, scored by their last heartbeat (unix time)."""
     return f"fleet:workers:{queue}"
+
+
+def gateway_wake_stream(instance: str) -> str:
+    """Stream a gateway appends to when it opens a result feed, to restart its blocked read."""
+    return f"fleet:gateway:{instance}:wake"

@@ -17,15 +17,13 @@ from fleet_common.keys import (
     GENERATE_TASK,
     cancelled_flag,
     live_workers,
-    result_stream,
 )
 from fleet_common.task_message import task_message
 from fleet_common.wire import EventKind, GenerationTask, StreamEvent
+from gateway.result_feeds import FeedDeadline, ResultFeed, ResultFeeds
 
 log = logging.getLogger(__name__)
 _CANCEL_FLAG_TTL_S = 3600
-# One XREAD blocks at most this long, well under the Redis client's socket timeout.
-_READ_BLOCK_MS = 1000
 
 
 @contextmanager
@@ -41,8 +39,15 @@ def _backend_errors(what: str) -> Iterator[None]:
 class Dispatcher:
     def __init__(self, redis: Redis, *, worker_liveness_s: float) -> None:
         self._redis = redis
+        self._feeds = ResultFeeds(redis)
         self._liveness_s = worker_liveness_s
         self._live_cache: dict[str, tuple[float, int]] = {}
+
+    def start(self) -> None:
+        self._feeds.start()
+
+    async def aclose(self) -> None:
+        await self._feeds.aclose()
 
     async def live_worker_count(self, queue: str) -> int:
         """Workers whose heartbeat is fresh. A positive answer is cached for a second per queue;
@@ -60,7 +65,9 @@ class Dispatcher:
             self._live_cache.pop(queue, None)
         return count
 
-    async def submit(self, task: GenerationTask, queue: str, pool: str) -> None:
+    async def submit(self, task: GenerationTask, queue: str, pool: str) -> ResultFeed:
+        """Queues the task; its events arrive on the returned feed, which `events` reads and
+        closes (or `release` closes, when the caller never reads it)."""
         if await self.live_worker_count(queue) == 0:
             raise Unavailable(
                 f"no live worker serves {task.model}@{task.model_version} "
@@ -68,36 +75,43 @@ class Dispatcher:
             )
         message = task_message(GENERATE_TASK, task.request_id, (task.to_json(),), queue,
                                expires_unix=task.deadline_unix, now_unix=time.time())
-        with _backend_errors(f"queueing request {task.request_id}"):
-            await self._redis.lpush(queue, message)
+        feed = self._feeds.open(task.request_id, task.deadline_unix)
+        try:
+            with _backend_errors(f"queueing request {task.request_id}"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    self._feeds.wake(pipe)
+                    pipe.lpush(queue, message)
+                    await pipe.execute()
+        except BaseException:
+            self._feeds.close(feed)
+            raise
+        return feed
+
+    def release(self, feed: ResultFeed) -> None:
+        self._feeds.close(feed)
 
     async def queue_depth(self, queue: str) -> int:
         return int(await self._redis.llen(queue))
 
     async def events(
-        self, task: GenerationTask, queue: str, deadline_unix: float
+        self, feed: ResultFeed, task: GenerationTask, queue: str
     ) -> AsyncIterator[StreamEvent]:
         """The request's events until its final one; DeadlineExceeded if it does not come."""
-        key = result_stream(task.request_id)
-        last_id = "0-0"
         started = False
-        while True:
-            remaining_ms = int((deadline_unix - time.time()) * 1000)
-            if remaining_ms <= 0:
-                raise await self._deadline_error(task, queue, started, deadline_unix)
-            with _backend_errors(f"reading the results of request {task.request_id}"):
-                reply = await self._redis.xread({key: last_id}, count=256,
-                                                block=min(remaining_ms, _READ_BLOCK_MS))
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    event = StreamEvent.from_fields(fields)
-                    if event.kind is EventKind.ERROR:
-                        raise EngineFailure(event.data.get("message", "engine failure"))
-                    started = started or event.kind is EventKind.STARTED
-                    yield event
-                    if event.kind is EventKind.FINAL:
-                        return
+        try:
+            while True:
+                with _backend_errors(f"reading the results of request {task.request_id}"):
+                    event = await feed.next()
+                if isinstance(event, FeedDeadline):
+                    raise await self._deadline_error(task, queue, started, task.deadline_unix)
+                if event.kind is EventKind.ERROR:
+                    raise EngineFailure(event.data.get("message", "engine failure"))
+                started = started or event.kind is EventKind.STARTED
+                yield event
+                if event.kind is EventKind.FINAL:
+                    return
+        finally:
+            self._feeds.close(feed)
 
     async def _deadline_error(
         self, task: GenerationTask, queue: str, started: bool, deadline_unix: float

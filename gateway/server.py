@@ -34,6 +34,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     redis = Redis.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
                            socket_timeout=settings.redis_socket_timeout_s)
     dispatcher = Dispatcher(redis, worker_liveness_s=settings.worker_liveness_s)
+    dispatcher.start()
     servicer = InferenceServicer(settings, models, PromptBuilder(settings.limits), dispatcher,
                                  Authenticator(settings.api_keys))
 
@@ -62,4 +63,5 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         await health_servicer.enter_graceful_shutdown()
         refresher.cancel()
         await server.stop(grace=5)
+        await dispatcher.aclose()
         await redis.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from gateway.dispatch import Dispatcher
 from gateway.model_directory import ModelDirectory
 from gateway.prompts import PromptBuilder, PromptInput
 from gateway.responses import ResultAssembler
+from gateway.result_feeds import ResultFeed
 from gateway.settings import GatewaySettings
 from gateway.validation import (
     validate_model_name,
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 class _Admitted:
     task: GenerationTask
     served: ServedModel
+    feed: ResultFeed
     received: float  # perf_counter when the call arrived, so timings include admission
 
 
@@ -129,8 +132,8 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
             tenant=tenant,
             priority=priority,
         )
-        await self._dispatcher.submit(task, served.queue, served.pool)
-        return _Admitted(task, served, received_clock)
+        feed = await self._dispatcher.submit(task, served.queue, served.pool)
+        return _Admitted(task, served, feed, received_clock)
 
     def _deadline(self, received: float, context: grpc.aio.ServicerContext) -> float:
         """The client's deadline, slightly early so we answer before it gives up; else default."""
@@ -144,25 +147,31 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
 
     async def _events(self, admitted: _Admitted, assembler: ResultAssembler
                       ) -> AsyncIterator[list[Any] | None]:
-        """Stream events as delta lists; cancels the request if we stop before its end."""
-        finished = False
+        """Stream events as delta lists."""
+        async for event in self._dispatcher.events(admitted.feed, admitted.task,
+                                                   admitted.served.queue):
+            yield assembler.on_event(event)
+
+    @contextlib.asynccontextmanager
+    async def _until_final(self, admitted: _Admitted) -> AsyncIterator[None]:
+        """Leaving before the final event (client gone, deadline, error) cancels the request
+        wherever it is, queued or generating."""
         try:
-            async for event in self._dispatcher.events(
-                admitted.task, admitted.served.queue, admitted.task.deadline_unix
-            ):
-                yield assembler.on_event(event)
-            finished = True
+            yield
+        except BaseException:
+            await asyncio.shield(self._dispatcher.cancel(admitted.task.request_id))
+            raise
         finally:
-            if not finished:
-                await asyncio.shield(self._dispatcher.cancel(admitted.task.request_id))
+            self._dispatcher.release(admitted.feed)
 
     async def _unary(self, response_type: Any, prompt_input: PromptInput, request: Any,
                      context: grpc.aio.ServicerContext) -> Any:
         admitted = await self._admit(prompt_input, request, context)
         assembler = ResultAssembler(admitted.task.request_id, admitted.served.model,
                                     admitted.task.sampling.n, received=admitted.received)
-        async for _ in self._events(admitted, assembler):
-            pass
+        async with self._until_final(admitted):
+            async for _ in self._events(admitted, assembler):
+                pass
         return response_type(request_id=admitted.task.request_id, choices=assembler.choices(),
                              **assembler.summary())
 
@@ -172,8 +181,9 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
         rid = admitted.task.request_id
         assembler = ResultAssembler(rid, admitted.served.model, admitted.task.sampling.n,
                                     received=admitted.received)
-        yield response_type(request_id=rid)
-        async for deltas in self._events(admitted, assembler):
-            if deltas:
-                yield response_type(request_id=rid, deltas=deltas)
+        async with self._until_final(admitted):
+            yield response_type(request_id=rid)
+            async for deltas in self._events(admitted, assembler):
+                if deltas:
+                    yield response_type(request_id=rid, deltas=deltas)
         yield response_type(request_id=rid, **assembler.summary())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from fleet_common.errors import AlreadyExists, InvalidArgument, NotFound, OutOfRange
 from model_registry.records import (
@@ -328,8 +328,9 @@ class RegistryStore:
     def served_rollouts(self) -> list[ServedRollout]:
         """Every model's rollout with its versions resolved: what the gateway routes by."""
         with self.transaction() as session:
-            versions = {(v.model_name, v.version): served_model(v)
-                        for v in session.scalars(select(ModelVersion))}
+            rows = session.scalars(select(ModelVersion).options(
+                joinedload(ModelVersion.checkpoint), joinedload(ModelVersion.template)))
+            versions = {(v.model_name, v.version): served_model(v) for v in rows}
             result = []
             for row in session.scalars(select(Rollout).order_by(Rollout.model_name)):
                 candidate = versions.get((row.model_name, row.candidate_version or ""))

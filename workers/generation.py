@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from fleet_common.keys import cancelled_flag
-from fleet_common.wire import EventKind, FinishReason, GenerationTask
+from fleet_common.keys import cancelled_flag, result_stream
+from fleet_common.wire import EventKind, FinishReason, GenerationTask, StreamEvent
 from workers.engine import ChoiceUpdate, EngineClient, EngineRequest
 from workers.result_stream import ResultStreamWriter
 
@@ -19,16 +19,38 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InFlight:
-    """Requests this worker is generating, so a cancel message can abort the right one."""
+    """Requests this worker is serving, so a cancel message can stop the right generation.
 
-    cancel_events: dict[str, asyncio.Event] = field(default_factory=dict)
+    A request is registered before its last pre-start check, so a cancel that arrives while the
+    check is on the wire is remembered rather than lost."""
+
+    generations: dict[str, asyncio.Future[FinishReason | None] | None] = field(
+        default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)
+
+    def begin(self, request_id: str) -> None:
+        self.generations[request_id] = None
+
+    def attach(self, request_id: str, generation: asyncio.Future[FinishReason | None]) -> None:
+        self.generations[request_id] = generation
+        if request_id in self.cancelled:
+            generation.cancel()
+
+    def end(self, request_id: str) -> None:
+        self.generations.pop(request_id, None)
+        self.cancelled.discard(request_id)
 
     def cancel(self, request_id: str) -> bool:
-        event = self.cancel_events.get(request_id)
-        if event is None:
+        if request_id not in self.generations:
             return False
-        event.set()
+        self.cancelled.add(request_id)
+        generation = self.generations[request_id]
+        if generation is not None:
+            generation.cancel()
         return True
+
+    def was_cancelled(self, request_id: str) -> bool:
+        return request_id in self.cancelled
 
 
 @dataclass
@@ -57,16 +79,29 @@ class RequestRunner:
 
     async def serve(self, task: GenerationTask) -> None:
         rid = task.request_id
-        if await self._writer.has_final(rid):
+        self._in_flight.begin(rid)
+        try:
+            await self._serve(task)
+        finally:
+            self._in_flight.end(rid)
+
+    async def _serve(self, task: GenerationTask) -> None:
+        rid = task.request_id
+        already_finished, flagged = await self._preflight(rid)
+        if already_finished:
             log.info("request %s already finished by an earlier delivery; skipping", rid)
             return
         started_at = time.time()
         if started_at >= task.deadline_unix:
             await self._final(task, started_at, {}, FinishReason.DEADLINE_EXCEEDED)
             return
-        if await self._redis.exists(cancelled_flag(rid)):
+        if flagged or self._in_flight.was_cancelled(rid):
             await self._final(task, started_at, {}, FinishReason.CANCELLED)
             return
+        totals: dict[int, _ChoiceTotals] = {}
+        # The engine gets the request first; the STARTED event is written while it prefills.
+        generation = asyncio.ensure_future(self._generate(task, totals))
+        self._in_flight.attach(rid, generation)
         await self._writer.write(rid, EventKind.STARTED, {
             "worker": self._worker_name,
             "pool": self._pool,
@@ -74,12 +109,14 @@ class RequestRunner:
             "started_at": started_at,
             "queue_wait_ms": max(0.0, (started_at - task.enqueued_at_unix) * 1000),
         })
-        cancel = asyncio.Event()
-        self._in_flight.cancel_events[rid] = cancel
-        totals: dict[int, _ChoiceTotals] = {}
-        override: FinishReason | None = None
         try:
-            override = await self._generate(task, cancel, totals)
+            override = await generation
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not generation.cancelled() or (current is not None and current.cancelling()):
+                raise  # this worker is stopping, not the request being cancelled
+            await self._engine.abort(rid)
+            override = FinishReason.CANCELLED
         except Exception as exc:  # the engine failed; the caller must hear it, not hang
             log.exception("engine failed on request %s", rid)
             await self._writer.write(rid, EventKind.ERROR, {
@@ -87,12 +124,20 @@ class RequestRunner:
                 "message": f"engine failed on request {rid}: {type(exc).__name__}: {exc}",
             })
             return
-        finally:
-            self._in_flight.cancel_events.pop(rid, None)
         await self._final(task, started_at, totals, override)
 
+    async def _preflight(self, request_id: str) -> tuple[bool, bool]:
+        """(an earlier delivery already finished it, it was cancelled), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(result_stream(request_id), count=1)
+            pipe.exists(cancelled_flag(request_id))
+            last, flagged = await pipe.execute()
+        finished = bool(last) and StreamEvent.from_fields(last[0][1]).kind in (
+            EventKind.FINAL, EventKind.ERROR)
+        return finished, bool(flagged)
+
     async def _generate(
-        self, task: GenerationTask, cancel: asyncio.Event, totals: dict[int, _ChoiceTotals]
+        self, task: GenerationTask, totals: dict[int, _ChoiceTotals]
     ) -> FinishReason | None:
         """Streams deltas; returns a finish reason that overrides the engine's, if any."""
         request = EngineRequest(
@@ -101,29 +146,15 @@ class RequestRunner:
             stop_token_ids=task.stop_token_ids,
             sampling=task.sampling,
         )
-        updates = self._engine.generate(request).__aiter__()
-        cancel_wait = asyncio.ensure_future(cancel.wait())
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                remaining = task.deadline_unix - time.time()
-                step = asyncio.ensure_future(updates.__anext__())
-                done, _ = await asyncio.wait(
-                    {step, cancel_wait}, timeout=max(remaining, 0),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if step not in done:
-                    step.cancel()
-                    await self._engine.abort(task.request_id)
-                    return FinishReason.CANCELLED if cancel.is_set() else (
-                        FinishReason.DEADLINE_EXCEEDED
-                    )
-                try:
-                    batch = step.result()
-                except StopAsyncIteration:
-                    return None
-                await self._write_delta(task, batch, totals)
-        finally:
-            cancel_wait.cancel()
+            async with asyncio.timeout_at(loop.time() + task.deadline_unix - time.time()):
+                async for batch in self._engine.generate(request):
+                    await self._write_delta(task, batch, totals)
+        except TimeoutError:
+            await self._engine.abort(task.request_id)
+            return FinishReason.DEADLINE_EXCEEDED
+        return None
 
     async def _write_delta(
         self, task: GenerationTask, batch: list[ChoiceUpdate], totals: dict[int, _ChoiceTotals]

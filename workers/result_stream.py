@@ -57,11 +57,3 @@ class ResultStreamWriter:
                 written.set_exception(errors[i])
             else:
                 written.set_result(None)
-
-    async def has_final(self, request_id: str) -> bool:
-        """True when an earlier delivery of this request already finished it."""
-        last = await self._redis.xrevrange(result_stream(request_id), count=1)
-        if not last:
-            return False
-        event = StreamEvent.from_fields(last[0][1])
-        return event.kind in (EventKind.FINAL, EventKind.ERROR)

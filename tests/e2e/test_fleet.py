@@ -12,7 +12,7 @@ import redis
 
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
-from fleet_common.keys import live_workers, result_stream
+from fleet_common.keys import cancelled_flag, live_workers, result_stream
 from fleet_common.wire import EventKind, StreamEvent
 from tests.e2e.conftest import (
     BASE_34B,
@@ -315,6 +315,28 @@ def test_cancelled_stream_aborts_the_engine_request(fleet: Fleet) -> None:
     assert final is not None, "the worker never finished the cancelled request"
     assert final["finish_reasons"] == {"0": "cancelled"}
     assert final["completion_tokens"] < 1900 / 2, final
+
+
+def test_stream_cancelled_while_queued_is_flagged_so_no_worker_runs_it(fleet: Fleet) -> None:
+    """Cancelled after the gateway's acknowledgement, before any worker took it."""
+    client = redis.Redis.from_url(fleet.redis_url)
+    queue = fleet.store.get_version(UNSERVED).queue
+    client.zadd(live_workers(queue), {"ghost": time.time() + 60})
+    rid = uuid.uuid4().hex
+    try:
+        call = fleet.stub().StreamComplete(api.StreamCompleteRequest(
+            model=UNSERVED, prompt="x", options=pb.RequestOptions(request_id=rid)), timeout=30)
+        ack = next(call)
+        assert ack.request_id == rid and not ack.deltas
+        assert client.llen(queue) == 1
+        call.cancel()
+        deadline = time.monotonic() + 10
+        while not client.exists(cancelled_flag(rid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.exists(cancelled_flag(rid)), "the queued request was never flagged"
+    finally:
+        client.zrem(live_workers(queue), "ghost")
+        client.delete(queue)
 
 
 def test_health_and_reflection_are_served(fleet: Fleet) -> None:

@@ -1,0 +1,93 @@
+"""The gateway's shared result reader against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from redis.asyncio import Redis
+
+from fleet_common.keys import result_stream
+from fleet_common.wire import EventKind, StreamEvent
+from gateway.result_feeds import FeedDeadline, ResultFeeds
+
+
+# Long enough that an event waiting for the block to end would be noticed; the client's socket
+# timeout stays well above it, as the gateway's own block stays under its configured timeout.
+_BLOCK_MS = 4_000
+_SOCKET_TIMEOUT_S = _BLOCK_MS / 1000 + 6
+
+
+async def _xread_calls(redis: Redis) -> int:
+    return int((await redis.info("commandstats")).get("cmdstat_xread", {}).get("calls", 0))
+
+
+async def test_one_read_serves_every_open_request_in_order(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
+    feeds = ResultFeeds(redis, block_ms=_BLOCK_MS)
+    feeds.start()
+    rids = [uuid.uuid4().hex for _ in range(20)]
+    opened = [feeds.open(rid, time.time() + 60) for rid in rids]
+    async with redis.pipeline(transaction=False) as pipe:
+        feeds.wake(pipe)
+        await pipe.execute()
+    await asyncio.sleep(0.2)  # the reader now blocks on all 20 streams
+    before = await _xread_calls(redis)
+    async with redis.pipeline(transaction=False) as pipe:
+        for rid in rids:
+            for i in range(3):
+                pipe.xadd(result_stream(rid), StreamEvent(EventKind.DELTA, {"i": i}).to_fields())
+        await pipe.execute()
+    for feed in opened:
+        events = [await asyncio.wait_for(feed.next(), 10) for _ in range(3)]
+        assert [e.data["i"] for e in events if isinstance(e, StreamEvent)] == [0, 1, 2]
+    # 60 entries in 20 streams came back in a handful of reads, not one read per stream
+    assert await _xread_calls(redis) - before <= 4
+    for feed in opened:
+        feeds.close(feed)
+    await feeds.aclose()
+    assert not await redis.exists(feeds.wake_key)
+    await redis.aclose()
+
+
+async def test_a_feed_opened_while_the_read_blocks_is_read_after_a_wake(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
+    feeds = ResultFeeds(redis, block_ms=_BLOCK_MS)
+    feeds.start()
+    await asyncio.sleep(0.2)  # blocked on the wake stream alone
+    rid = uuid.uuid4().hex
+    feed = feeds.open(rid, time.time() + 60)
+    async with redis.pipeline(transaction=False) as pipe:
+        feeds.wake(pipe)
+        pipe.xadd(result_stream(rid), StreamEvent(EventKind.STARTED, {"worker": "w"}).to_fields())
+        await pipe.execute()
+    # Without the wake the event would wait for the block to end.
+    event = await asyncio.wait_for(feed.next(), _BLOCK_MS / 1000 / 2)
+    assert isinstance(event, StreamEvent) and event.data == {"worker": "w"}
+    feeds.close(feed)
+    # Closing stops the reader even when redis-py swallows the cancel mid-read.
+    await asyncio.wait_for(feeds.aclose(), _BLOCK_MS / 1000 + 2)
+    await redis.aclose()
+
+
+async def test_a_feed_hears_its_deadline_and_redis_failures(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    feeds = ResultFeeds(redis, block_ms=200)
+    feed = feeds.open(uuid.uuid4().hex, time.time() + 0.1)
+    assert isinstance(await asyncio.wait_for(feed.next(), 10), FeedDeadline)
+    feeds.close(feed)
+
+    broken = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    failing = ResultFeeds(broken, block_ms=200)
+    failing.start()
+    doomed = failing.open(uuid.uuid4().hex, time.time() + 60)
+    try:
+        await asyncio.wait_for(doomed.next(), 10)
+    except Exception as exc:  # the reader's connection error, handed to the waiting request
+        assert "Connect" in type(exc).__name__ or "onnect" in str(exc), repr(exc)
+    else:
+        raise AssertionError("a feed whose reader cannot reach Redis must raise")
+    failing.close(doomed)
+    await failing.aclose()
+    await redis.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from fleet_common.keys import (
 from fleet_common.task_message import task_message
 from fleet_common.wire import EventKind, GenerationTask, StreamEvent
 from gateway.result_feeds import FeedDeadline, ResultFeed, ResultFeeds
+from gateway.task_publisher import TaskPublisher
 
 log = logging.getLogger(__name__)
 _CANCEL_FLAG_TTL_S = 3600
@@ -40,6 +42,7 @@ class Dispatcher:
     def __init__(self, redis: Redis, *, worker_liveness_s: float) -> None:
         self._redis = redis
         self._feeds = ResultFeeds(redis)
+        self._publisher = TaskPublisher(redis, add_wake=self._feeds.wake)
         self._liveness_s = worker_liveness_s
         self._live_cache: dict[str, tuple[float, int]] = {}
 
@@ -78,10 +81,13 @@ class Dispatcher:
         feed = self._feeds.open(task.request_id, task.deadline_unix)
         try:
             with _backend_errors(f"queueing request {task.request_id}"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    self._feeds.wake(pipe)
-                    pipe.lpush(queue, message)
-                    await pipe.execute()
+                await self._publisher.publish(queue, message)
+        except asyncio.CancelledError:
+            # The caller left while the task was being written: it may be queued already, and
+            # no one would read its results.
+            self._feeds.close(feed)
+            await asyncio.shield(self._cancel_quietly(task.request_id))
+            raise
         except BaseException:
             self._feeds.close(feed)
             raise
@@ -130,6 +136,12 @@ class Dispatcher:
             f"no worker started request {task.request_id} within its deadline of {budget:.2f} s "
             f"(queue {queue}: {depth} waiting, {live} live workers)"
         )
+
+    async def _cancel_quietly(self, request_id: str) -> None:
+        try:
+            await self.cancel(request_id)
+        except (RedisError, OSError):
+            log.warning("could not cancel abandoned request %s", request_id, exc_info=True)
 
     async def cancel(self, request_id: str) -> None:
         """Stops the request wherever it is: queued (flag) or generating (abort message)."""

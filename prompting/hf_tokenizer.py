@@ -90,7 +90,9 @@ class HuggingFacePromptTokenizer(BasePromptTokenizer):
         return self._token_strings
 
     def _encode_plain(self, text: str) -> list[int]:
-        return self._plain.encode(text, add_special_tokens=False).ids
+        # The "fast" batch call skips character offsets, which nothing here reads: a quarter
+        # of the gateway's tokenization CPU.
+        return self._plain.encode_batch_fast([text], add_special_tokens=False)[0].ids
 
     def encode_template(self, text: str) -> list[int]:
         return self._template.encode(text, add_special_tokens=False).ids

@@ -116,6 +116,9 @@ def test_requests_run_only_in_their_own_pool(fleet: Fleet) -> None:
         assert (response.served_by.worker, response.served_by.pool) == (worker, pool)
 
 
+_ENGINE_SPIN_AFTER_LAST_STEP_S = 1.5
+
+
 def test_continuous_batching_serves_8_requests_far_faster_than_8_in_turn(fleet: Fleet) -> None:
     stub = fleet.stub()
 
@@ -127,14 +130,22 @@ def test_continuous_batching_serves_8_requests_far_faster_than_8_in_turn(fleet: 
         assert response.usage.completion_tokens == 96
         return time.perf_counter() - started
 
+    def eight_at_once() -> float:
+        with ThreadPoolExecutor(8) as pool:
+            started = time.perf_counter()
+            list(pool.map(one, range(8)))
+            return time.perf_counter() - started
+
+    # Every engine of this 2-core box (one per pool here) spins for a second after its last
+    # step; the tests before this one used the other pools.
+    time.sleep(_ENGINE_SPIN_AFTER_LAST_STEP_S)
     one(0)  # warm-up
-    single = min(one(1), one(2))
-    with ThreadPoolExecutor(8) as pool:
-        started = time.perf_counter()
-        list(pool.map(one, range(8)))
-        concurrent = time.perf_counter() - started
+    rounds = [(min(one(1), one(2)), eight_at_once()) for _ in range(3)]
+    # Best of three, as benchmarks take it: what the box's noise adds is never less than zero.
+    single = min(s for s, _ in rounds)
+    concurrent = min(c for _, c in rounds)
     print(f"\nbatching: 1 request {single:.3f} s, 8 concurrent {concurrent:.3f} s, "
-          f"speed-up {8 * single / concurrent:.1f}x")
+          f"speed-up {8 * single / concurrent:.1f}x; rounds {rounds}")
     assert concurrent < 4 * single
 
 

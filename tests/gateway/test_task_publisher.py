@@ -1,0 +1,88 @@
+"""The gateway's batching task publisher against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gateway.task_publisher import TaskPublisher
+
+
+async def _lpush_calls(redis: Redis) -> int:
+    return int((await redis.info("commandstats")).get("cmdstat_lpush", {}).get("calls", 0))
+
+
+def _wake_into(key: str):  # type: ignore[no-untyped-def]
+    def add_wake(pipe: object) -> None:
+        pipe.xadd(key, {"w": 1})  # type: ignore[attr-defined]
+    return add_wake
+
+
+async def test_concurrent_requests_share_writes_and_keep_their_order(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    wake = f"test:wake:{uuid.uuid4().hex}"
+    publisher = TaskPublisher(redis, add_wake=_wake_into(wake))
+    queues = [f"test:queue:{uuid.uuid4().hex}" for _ in range(2)]
+    before = await _lpush_calls(redis)
+
+    await asyncio.gather(*(publisher.publish(queues[i % 2], f"m{i}".encode())
+                           for i in range(200)))
+
+    for q, queue in enumerate(queues):
+        # Celery's Redis consumer pops from the right: the first admitted is the first served.
+        popped = [m.decode() for m in await redis.lrange(queue, 0, -1)][::-1]
+        assert popped == [f"m{i}" for i in range(q, 200, 2)]
+    lpushes = await _lpush_calls(redis) - before
+    assert lpushes < 200 / 4, f"{lpushes} LPUSH calls for 200 requests: nothing was batched"
+    assert publisher.batches_written == await redis.xlen(wake)
+    await redis.delete(wake, *queues)
+    await redis.aclose()
+
+
+async def test_an_idle_publisher_writes_a_request_at_once(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    wake = f"test:wake:{uuid.uuid4().hex}"
+    publisher = TaskPublisher(redis, add_wake=_wake_into(wake))
+    queue = f"test:queue:{uuid.uuid4().hex}"
+    for i in range(3):
+        await publisher.publish(queue, b"x")
+        assert await redis.llen(queue) == i + 1
+    assert publisher.batches_written == 3
+    await redis.delete(wake, queue)
+    await redis.aclose()
+
+
+async def test_a_caller_that_leaves_does_not_stop_the_others(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    wake = f"test:wake:{uuid.uuid4().hex}"
+    publisher = TaskPublisher(redis, add_wake=_wake_into(wake))
+    queue = f"test:queue:{uuid.uuid4().hex}"
+    calls = [asyncio.ensure_future(publisher.publish(queue, f"m{i}".encode())) for i in range(10)]
+    await asyncio.sleep(0)
+    calls[3].cancel()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert all(r is None for i, r in enumerate(results) if i != 3)
+    # The message of the caller that left was already handed to the write; it is queued too
+    # (the dispatcher cancels such a request by its id).
+    assert await redis.llen(queue) == 10
+    await redis.delete(wake, queue)
+    await redis.aclose()
+
+
+async def test_every_waiting_request_hears_a_redis_failure() -> None:
+    broken = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    publisher = TaskPublisher(broken, add_wake=_wake_into("unused"))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(publisher.publish("q", b"m") for _ in range(20)),
+                       return_exceptions=True), 10)
+    assert len(results) == 20
+    for result in results:
+        assert isinstance(result, (RedisConnectionError, OSError)), repr(result)
+    with pytest.raises((RedisConnectionError, OSError)):
+        await asyncio.wait_for(publisher.publish("q", b"m"), 10)
+    await broken.aclose()

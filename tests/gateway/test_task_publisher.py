@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
@@ -20,6 +22,24 @@ def _wake_into(key: str):  # type: ignore[no-untyped-def]
     def add_wake(pipe: object) -> None:
         pipe.xadd(key, {"w": 1})  # type: ignore[attr-defined]
     return add_wake
+
+
+@dataclass
+class _Setup:
+    redis: Redis
+    publisher: TaskPublisher
+    wake: str
+    queue: str
+
+
+@pytest.fixture
+async def setup(redis_url: str) -> AsyncIterator[_Setup]:
+    redis = Redis.from_url(redis_url)
+    wake = f"test:wake:{uuid.uuid4().hex}"
+    queue = f"test:queue:{uuid.uuid4().hex}"
+    yield _Setup(redis, TaskPublisher(redis, add_wake=_wake_into(wake)), wake, queue)
+    await redis.delete(wake, queue)
+    await redis.aclose()
 
 
 async def test_concurrent_requests_share_writes_and_keep_their_order(redis_url: str) -> None:
@@ -43,25 +63,16 @@ async def test_concurrent_requests_share_writes_and_keep_their_order(redis_url: 
     await redis.aclose()
 
 
-async def test_an_idle_publisher_writes_a_request_at_once(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
-    wake = f"test:wake:{uuid.uuid4().hex}"
-    publisher = TaskPublisher(redis, add_wake=_wake_into(wake))
-    queue = f"test:queue:{uuid.uuid4().hex}"
+async def test_an_idle_publisher_writes_a_request_at_once(setup: _Setup) -> None:
     for i in range(3):
-        await publisher.publish(queue, b"x")
-        assert await redis.llen(queue) == i + 1
-    assert publisher.batches_written == 3
-    await redis.delete(wake, queue)
-    await redis.aclose()
+        await setup.publisher.publish(setup.queue, b"x")
+        assert await setup.redis.llen(setup.queue) == i + 1
+    assert setup.publisher.batches_written == 3
 
 
-async def test_a_caller_that_leaves_does_not_stop_the_others(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
-    wake = f"test:wake:{uuid.uuid4().hex}"
-    publisher = TaskPublisher(redis, add_wake=_wake_into(wake))
-    queue = f"test:queue:{uuid.uuid4().hex}"
-    calls = [asyncio.ensure_future(publisher.publish(queue, f"m{i}".encode())) for i in range(10)]
+async def test_a_caller_that_leaves_does_not_stop_the_others(setup: _Setup) -> None:
+    calls = [asyncio.ensure_future(setup.publisher.publish(setup.queue, f"m{i}".encode()))
+             for i in range(10)]
     await asyncio.sleep(0)
     calls[3].cancel()
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -69,9 +80,7 @@ async def test_a_caller_that_leaves_does_not_stop_the_others(redis_url: str) -> 
     assert all(r is None for i, r in enumerate(results) if i != 3)
     # The message of the caller that left was already handed to the write; it is queued too
     # (the dispatcher cancels such a request by its id).
-    assert await redis.llen(queue) == 10
-    await redis.delete(wake, queue)
-    await redis.aclose()
+    assert await setup.redis.llen(setup.queue) == 10
 
 
 async def test_every_waiting_request_hears_a_redis_failure() -> None:

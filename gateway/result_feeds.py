@@ -27,6 +27,7 @@ _READ_COUNT = 512
 _RETRY_AFTER_ERROR_S = 0.2
 _WAKE_MAX_LEN = 16
 _WAKE_TTL_S = 3600
+_CLOSE_WRITE_TIMEOUT_S = 2.0
 
 
 class FeedDeadline:
@@ -75,10 +76,14 @@ class ResultFeeds:
             # then stops at the end of its current blocking read.
             await asyncio.wait({self._reader}, timeout=self._block_ms / 1000 + 1.0)
             if not self._reader.done():
-                log.warning("result reader did not stop; abandoning it")
+                # Closing its socket ends whatever read it is stuck in.
+                log.warning("result reader did not stop; disconnecting its connection")
+                await self._redis.connection_pool.disconnect(inuse_connections=True)
+                await asyncio.wait({self._reader}, timeout=1.0)
         try:
-            await self._redis.delete(self.wake_key)
-        except (RedisError, OSError):
+            async with asyncio.timeout(_CLOSE_WRITE_TIMEOUT_S):
+                await self._redis.delete(self.wake_key)
+        except (RedisError, OSError, TimeoutError):
             log.warning("could not delete wake stream %s", self.wake_key, exc_info=True)
 
     def open(self, request_id: str, deadline_unix: float) -> ResultFeed:

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleet_cli.processes import free_port, start_redis
+from tests.support.redis_server import throwaway_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_CACHE = REPO_ROOT / ".cache" / "test-checkpoints"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server of our own on a free port, so runs never collide."""
-    if shutil.which("redis-server") is None:
-        url = os.environ.get("FLEET_TEST_REDIS_URL")
-        if not url:
-            pytest.skip("redis-server is not installed and FLEET_TEST_REDIS_URL is not set")
+    """A fresh Redis per test module: no module sees another's keys, clients or load."""
+    with throwaway_redis(tmp_path_factory) as url:
         yield url
-        return
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis-logs"))
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from gateway.prompts import EnginePrompt, PromptBuilder, PromptInput
 from gateway.settings import Limits
 from model_registry.store import ServedModel
 from tests.e2e.fleet_harness import Fleet, new_fleet
+from tests.support.redis_server import throwaway_redis
 from tests.support.vllm_reference import run_reference
 
 CONTEXT_LIMIT = 2048
@@ -77,10 +78,18 @@ def reference_cases() -> dict[str, tuple[str, PromptInput, int]]:
     }
 
 
-@pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
+@pytest.fixture(scope="package")
+def fleet_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with throwaway_redis(tmp_path_factory) as url:
+        yield url
+
+
+# Package scope: the engines stop once the end-to-end tests are done, so the tests after them
+# do not share two cores and the memory with five idle vLLM engines.
+@pytest.fixture(scope="package")
+def fleet(tmp_path_factory: pytest.TempPathFactory, fleet_redis_url: str,
           tiny_checkpoints: dict[str, Path]) -> Iterator[Fleet]:
-    fleet = new_fleet(tmp_path_factory.mktemp("fleet"), redis_url)
+    fleet = new_fleet(tmp_path_factory.mktemp("fleet"), fleet_redis_url)
     _register_models(fleet, tiny_checkpoints)
     try:
         fleet.spawn_worker("w-7b", CHAT_7B)
@@ -109,7 +118,7 @@ class References:
         return run.result()["results"][index]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def references(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]
                ) -> Iterator[References]:
     """vLLM alone, in its own process, started before the fleet so the two overlap."""

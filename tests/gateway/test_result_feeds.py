@@ -14,6 +14,9 @@ from fleet_common.keys import result_stream
 from fleet_common.wire import EventKind, StreamEvent
 from gateway.result_feeds import FeedDeadline, ResultFeeds
 
+# A stuck read fails its test in a minute instead of holding the whole run.
+pytestmark = pytest.mark.timeout(60)
+
 # Long enough that an event waiting for the block to end would be noticed; the client's socket
 # timeout stays well above it, as the gateway's own block stays under its configured timeout.
 _BLOCK_MS = 4_000

@@ -13,6 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.task_publisher import TaskPublisher
 
+# A stuck Redis call fails its test in a minute instead of holding the whole run.
+pytestmark = pytest.mark.timeout(60)
+
 
 async def _lpush_calls(redis: Redis) -> int:
     return int((await redis.info("commandstats")).get("cmdstat_lpush", {}).get("calls", 0))

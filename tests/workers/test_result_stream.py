@@ -11,6 +11,9 @@ from fleet_common.keys import result_stream
 from fleet_common.wire import EventKind, StreamEvent
 from workers.result_stream import ResultStreamWriter
 
+# A stuck Redis call fails its test in a minute instead of holding the whole run.
+pytestmark = pytest.mark.timeout(60)
+
 
 async def test_concurrent_requests_keep_their_own_order_and_expiry(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)

@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
                       help="open-loop Poisson rates (req/s), comma-separated; empty: none")
     load.add_argument("--open-requests", type=int, default=32, help="requests per open loop")
     load.add_argument("--warmup", type=int, default=4, help="warm-up requests per backend")
-    load.add_argument("--screen-prompts", action=argparse.BooleanOptionalAction, default=True,
+    load.add_argument("--screen-prompts", action=argparse.BooleanOptionalAction, default=False,
                       help="keep only prompts whose greedy continuation does not hit a stop "
                            "token within --output-len (one vLLM pass before the backends)")
     load.add_argument("--screen-concurrency", type=int, default=64)

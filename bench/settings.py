@@ -127,9 +127,11 @@ class BenchSettings:
     retry_disturbed: int = 0
     #: Run the candidate prompts once through vLLM alone (greedy, stopping at the model's stop
     #: tokens) and keep only those whose continuation does not reach a stop token within
-    #: output_len, so that lengths hold on every backend, even one that stops at EOS despite
-    #: ignore_eos (the fleet does today). Warm-up and profiling prompts are not screened.
-    screen_prompts: bool = True
+    #: output_len, so that lengths hold even on a backend that stops at a stop token despite
+    #: ignore_eos. Every backend here honours ignore_eos (the fleet drops the format's stop
+    #: tokens too), so it is off by default: a length that does not hold is then a failure
+    #: the harness reports, not something screening hides.
+    screen_prompts: bool = False
     screen_concurrency: int = 64
     #: What code was measured; None: `git describe` of the repository the bench runs from.
     code_version: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fleet_cli import client, registry_client
+from fleet_cli import client, local_preview, registry_client
 from fleet_cli.operator import add_operator_commands
 
 
@@ -37,8 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(handler=lambda a: client.run_generation(
         a, "chat", messages=client.parse_messages(a.system, a.turns)))
 
-    preview = commands.add_parser("preview", help="show the exact token ids of a request")
-    client.add_client_arguments(preview)
+    preview = commands.add_parser(
+        "preview", help="show the exact token ids of a request: of a served model (-m, asks the "
+                        "gateway) or of a tokenizer directory and prompt format (--tokenizer)")
+    preview.add_argument("--target", default="127.0.0.1:50051", help="gateway host:port")
+    preview.add_argument("--api-key", default=None)
+    preview.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    source = preview.add_mutually_exclusive_group(required=True)
+    source.add_argument("-m", "--model", help="a served model (asks the gateway)")
+    source.add_argument("--tokenizer", metavar="DIR",
+                        help="a checkpoint or tokenizer directory, built locally")
+    preview.add_argument("--chat-format", choices=local_preview.CHAT_FORMATS,
+                         help="with --tokenizer: the chat format of chat turns")
     preview.add_argument("--prompt")
     preview.add_argument("--prefix")
     preview.add_argument("--suffix")
@@ -47,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--max-tokens", type=int)
     preview.add_argument("--json", action="store_true")
     preview.add_argument("turns", nargs="*", help="chat turns (when no --prompt/--prefix)")
-    preview.set_defaults(handler=client.run_preview)
+    preview.set_defaults(handler=lambda a: (local_preview.run_local_preview(a) if a.tokenizer
+                                            else client.run_preview(a)))
 
     models = commands.add_parser("models", help="list the served models")
     models.add_argument("--target", default="127.0.0.1:50051")

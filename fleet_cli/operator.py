@@ -20,7 +20,7 @@ def run_registry(args: argparse.Namespace) -> int:
             store, model=args.name, version=args.version, checkpoint_dir=Path(args.checkpoint),
             variant=args.variant, pool=args.pool, chat_format=args.chat_format,
             context_limit=args.context_limit, tensor_parallel_size=args.tensor_parallel_size,
-            dtype=args.dtype)
+            dtype=args.dtype, progress=True)
         print(f"registered {served.model}@{served.version} in pool {served.pool} "
               f"(queue {served.queue}, modes {', '.join(served.modes)})")
     elif args.registry_command == "list":

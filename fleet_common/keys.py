@@ -26,6 +26,11 @@ def live_workers(queue: str) -> str:
     return f"fleet:workers:{queue}"
 
 
+def worker_status(worker: str) -> str:
+    """Hash a worker refreshes with each heartbeat: what it serves and how busy its engine is."""
+    return f"fleet:worker:{worker}"
+
+
 def gateway_wake_stream(instance: str) -> str:
     """Stream a gateway appends to when it opens a result feed, to restart its blocked read."""
     return f"fleet:gateway:{instance}:wake"

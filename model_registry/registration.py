@@ -53,7 +53,8 @@ def register_model(
     progress: bool = False,
 ) -> ServedModel:
     """Checkpoint + template + version in one go. A Code Llama variant (named, or the model
-    name itself) supplies modes, chat format, pool, TP size and context; arguments override."""
+    name itself) supplies modes, chat format, pool and context, the pool its tensor parallel
+    size; arguments override."""
     entry = _variant(variant) or _variant(model)
     if variant is not None and entry is None:
         catalog_entry(variant)  # raises NotFound naming the known variants
@@ -66,12 +67,11 @@ def register_model(
     if entry is not None:
         default_chat = entry.chat_format.value if entry.chat_format else ""
         default_infill, default_pool = entry.supports_infill, entry.pool
-        default_tp: int = entry.tensor_parallel_size
         default_context = min(checkpoint.context_length, entry.context_length)
     else:
         has_template = read_chat_template(Path(checkpoint.directory)) is not None
         default_chat = "hf-template" if has_template else ""
-        default_infill, default_pool, default_tp = False, "7b", 0
+        default_infill, default_pool = False, "7b"
         default_context = checkpoint.context_length
     chosen_chat = default_chat if chat_format is None else chat_format
     infill = default_infill if supports_infill is None else supports_infill
@@ -83,7 +83,9 @@ def register_model(
         return store.create_model_version(NewModelVersion(
             model=model, version=version, checkpoint=checkpoint.name,
             template_name=template.name, template_version=template.version,
-            pool=pool or default_pool, tensor_parallel_size=tensor_parallel_size or default_tp,
+            pool=pool or default_pool,
+            # 0 leaves it to the pool, so an operator sizes a pool's workers in one place.
+            tensor_parallel_size=tensor_parallel_size or 0,
             max_model_len=context_limit or default_context, dtype=dtype), actor=actor,
             fits=check_template_fits)
     except AlreadyExists:

@@ -44,16 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     store = RegistryStore(open_engine(settings.registry_url))
     served = store.get_version(settings.model, settings.model_version)
     checkpoint = store.get_checkpoint(served.checkpoint)
-    if not checkpoint.files:
-        log.warning("checkpoint %s has no recorded files (registered before checksums); "
-                    "loading it unverified", checkpoint.name)
-    else:
-        try:
-            verify_before_load(Path(served.checkpoint_dir), checkpoint.files,
-                               check_hashes=settings.verify_checksums)
-        except CheckpointCorrupted as exc:
-            log.error("%s@%s: %s", served.model, served.version, exc)
-            raise SystemExit(3) from exc
+    try:
+        verify_before_load(Path(served.checkpoint_dir), checkpoint.files,
+                           check_hashes=settings.verify_checksums,
+                           allow_unrecorded=settings.allow_unrecorded_checkpoint)
+    except CheckpointCorrupted as exc:
+        log.error("%s@%s: %s", served.model, served.version, exc)
+        raise SystemExit(3) from exc
     config = EngineConfig(
         checkpoint_dir=served.checkpoint_dir,
         tensor_parallel_size=served.tensor_parallel_size,
@@ -62,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         enforce_eager=settings.enforce_eager,
         max_num_seqs=settings.max_num_seqs,
         kv_cache_gib=settings.kv_cache_gib,
+        quantization=served.quantization or None,
     )
     runtime = WorkerRuntime(settings, served, lambda: VllmEngine(config))
     runtime.start()

@@ -5,28 +5,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
 
-from fleet_common.keys import CANCEL_CHANNEL, live_workers
+from fleet_common.keys import CANCEL_CHANNEL, live_workers, worker_status
 from workers.generation import InFlight
 
 log = logging.getLogger(__name__)
+_STATUS_TTL_BEATS = 5
 
 
-async def heartbeat(redis: Redis, queue: str, worker: str, interval_s: float) -> None:
-    """Keeps this worker's score in the queue's live-worker set fresh; the gateway reads it."""
-    key = live_workers(queue)
+async def heartbeat(redis: Redis, queue: str, worker: str, interval_s: float,
+                    status: Callable[[], Mapping[str, str | int | float]]) -> None:
+    """Keeps this worker's score in the queue's live-worker set fresh (the gateway reads it) and
+    its status hash current (operators and tests read it); the hash expires if we die."""
+    live_key, status_key = live_workers(queue), worker_status(worker)
     while True:
         try:
-            await redis.zadd(key, {worker: time.time()})
+            now = time.time()
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(live_key, {worker: now})
+                pipe.hset(status_key, mapping={**status(), "queue": queue, "updated_at": now})
+                pipe.expire(status_key, max(int(interval_s * _STATUS_TTL_BEATS), 1))
+                await pipe.execute()
         except Exception:  # Redis restarting: keep trying, the gateway will see us again
             log.warning("heartbeat to Redis failed", exc_info=True)
         await asyncio.sleep(interval_s)
 
 
 async def leave(redis: Redis, queue: str, worker: str) -> None:
-    await redis.zrem(live_workers(queue), worker)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(live_workers(queue), worker)
+        pipe.delete(worker_status(worker))
+        await pipe.execute()
 
 
 async def listen_for_cancellations(redis: Redis, in_flight: InFlight) -> None:

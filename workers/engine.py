@@ -42,6 +42,10 @@ class EngineClient(Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
+    def unfinished_requests(self) -> int:
+        """Requests the engine holds (running or waiting), aborted ones excluded."""
+        ...
+
     async def check_health(self) -> None: ...
 
     def shutdown(self) -> None: ...
@@ -56,6 +60,7 @@ class EngineConfig:
     enforce_eager: bool = False
     max_num_seqs: int | None = None
     kv_cache_gib: int | None = None
+    quantization: str | None = None  # vLLM's name ("awq", ...); None: as the checkpoint says
     seed: int = 0
 
 
@@ -91,6 +96,7 @@ class VllmEngine:
             enforce_eager=config.enforce_eager,
             seed=config.seed,
             disable_log_stats=True,
+            quantization=config.quantization,
             **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}),
         )
         self._llm = AsyncLLM.from_engine_args(args)
@@ -152,6 +158,9 @@ class VllmEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
+
+    def unfinished_requests(self) -> int:
+        return int(self._llm.get_num_unfinished_requests())
 
     async def check_health(self) -> None:
         await self._llm.check_health()

@@ -64,9 +64,16 @@ class WorkerRuntime:
         )
         self._background = [
             asyncio.create_task(background.heartbeat(
-                self._redis, self._served.queue, s.worker_name, s.heartbeat_interval_s)),
+                self._redis, self._served.queue, s.worker_name, s.heartbeat_interval_s,
+                status=lambda: self._status(in_flight))),
             asyncio.create_task(background.listen_for_cancellations(self._redis, in_flight)),
         ]
+
+    def _status(self, in_flight: InFlight) -> dict[str, str | int]:
+        assert self._engine is not None
+        return {"model": self._served.model, "model_version": self._served.version,
+                "pool": self._served.pool, "tasks_in_flight": len(in_flight.generations),
+                "engine_requests": self._engine.unfinished_requests()}
 
     @staticmethod
     async def _warm_up(engine: EngineClient) -> None:

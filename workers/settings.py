@@ -21,6 +21,9 @@ class WorkerSettings(BaseSettings):
     enforce_eager: bool = False
     verify_checksums: bool = Field(default=True, description="sha256 every checkpoint file "
                                    "before loading; False checks sizes only")
+    allow_unrecorded_checkpoint: bool = Field(
+        default=False, description="load a checkpoint the registry has no checksums for "
+        "(registered before they were recorded) instead of refusing it")
     kv_cache_gib: int | None = None
     max_num_seqs: int | None = None
     heartbeat_interval_s: float = Field(default=2.0, gt=0)

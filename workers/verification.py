@@ -25,10 +25,27 @@ class CheckpointCorrupted(Exception):
         self.problems = problems
 
 
+class CheckpointUnrecorded(CheckpointCorrupted):
+    """The registry holds no file records for the checkpoint, so nothing can be verified."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, [(
+            "the registry has no file sizes or sha256 for it (registered before checksums "
+            "were recorded); register the directory again as a new checkpoint to record them")])
+
+
 def verify_before_load(
-    directory: Path, expected: Sequence[CheckpointFile], *, check_hashes: bool = True
+    directory: Path, expected: Sequence[CheckpointFile], *, check_hashes: bool = True,
+    allow_unrecorded: bool = False,
 ) -> None:
-    """Raises CheckpointCorrupted unless `directory` matches `expected`."""
+    """Raises CheckpointCorrupted unless `directory` matches `expected`; CheckpointUnrecorded
+    when there is nothing to match, unless `allow_unrecorded`."""
+    if not expected:
+        if not allow_unrecorded:
+            raise CheckpointUnrecorded(directory)
+        log.warning("checkpoint %s has no recorded files; loading it unverified as allowed",
+                    directory)
+        return
     started = time.monotonic()
     problems = verify_checkpoint(directory, expected, check_hashes=check_hashes)
     log.info(

@@ -1,7 +1,7 @@
-"""The benchmark command itself, end to end on a tiny workload (about a minute and a half).
+"""The benchmark command itself, end to end on a tiny workload (about four minutes).
 
-Runs `python -m bench run` with the tiny Code Llama checkpoint against vLLM alone and the fleet
-(engine start-ups dominate), plus a short gateway-alone admission run, then checks that the
+Runs `python -m bench run` with the tiny Code Llama checkpoint against vLLM alone, vLLM's
+OpenAI server and the fleet (engine start-ups dominate), without prompt screening, plus a short gateway-alone admission run, then checks that the
 numbers are consistent: token counts are the requested lengths, percentiles are ordered, the
 ratios are those of the same run's metrics, and the report and plots were written.
 """
@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str
     out = tmp_path_factory.mktemp("bench")
     cmd = [sys.executable, "-m", "bench", "run",
            "--model-dir", str(tiny_checkpoints["infill"]), "--model-name", "tiny-bench",
-           "--dtype", "float32", "--backends", "vllm,fleet",
+           "--dtype", "float32", "--backends", "vllm,vllm-server,fleet",
            "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
            "--concurrency", "1,3", "--closed-waves", "1", "--closed-min-requests", "3",
            "--rates", "5", "--open-requests", "4", "--warmup", "2",
@@ -53,7 +53,7 @@ def results(run_dir: Path) -> dict[str, Any]:
 
 
 def test_every_backend_ran_every_phase(results: dict[str, Any]) -> None:
-    assert set(results["backends"]) == {"vllm", "fleet"}
+    assert set(results["backends"]) == {"vllm", "vllm-server", "fleet"}
     for backend in results["backends"].values():
         assert tuple(backend["phases"]) == PHASES
         for phase in backend["phases"].values():
@@ -93,6 +93,9 @@ def test_ratios_come_from_this_runs_metrics(results: dict[str, Any]) -> None:
             fleet["itl_ms"]["p90"] / alone["itl_ms"]["p90"])
         assert cmp["fleet-vllm ttft_ms"]["p50"] == pytest.approx(
             fleet["ttft_ms"]["p50"] - alone["ttft_ms"]["p50"])
+        server = results["backends"]["vllm-server"]["phases"][name]["metrics"]
+        assert cmp["fleet/vllm-server"]["output tok/s"] == pytest.approx(
+            fleet["output_throughput"] / server["output_throughput"])
 
 
 def test_fleet_figures_and_checks(results: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import redis
 
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
-from fleet_common.keys import cancelled_flag, live_workers, result_stream
+from fleet_common.keys import cancelled_flag, live_workers, result_stream, worker_status
 from fleet_common.wire import EventKind, StreamEvent
 from tests.e2e.conftest import (
     BASE_34B,
@@ -70,6 +70,27 @@ def test_preview_shows_the_ids_the_engine_gets(fleet: Fleet) -> None:
     assert preview.pieces[0] == "<s>" and len(preview.pieces) == len(preview.token_ids)
 
 
+def test_preview_command_prints_the_gateways_answer_as_json(
+        fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from fleet_cli.__main__ import main
+
+    model, prompt_input, _ = reference_cases()["chat"]
+    system, user = (m.content for m in prompt_input.messages)
+    assert main(["preview", "-m", model, "--target", fleet.target, "--system", system, user,
+                 "--max-tokens", "16", "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    built = engine_prompt(fleet.store, model, prompt_input)
+    assert [int(i) for i in view["token_ids"]] == built.token_ids
+    assert [int(i) for i in view["stop_token_ids"]] == built.stop_token_ids
+    assert view["model_version"] == "v1" and view["context_limit"] == 2048
+    # Over the context limit: the same refusal a generation request would get.
+    assert main(["preview", "-m", model, "--target", fleet.target, user,
+                 "--max-tokens", "5000"]) == 1
+    assert "INVALID_ARGUMENT: sampling.max_tokens:" in capsys.readouterr().err
+
+
 def test_tensor_parallel_2_worker_equals_single_rank_vllm(references: References,
                                                           fleet: Fleet) -> None:
     model, prompt_input, max_tokens = reference_cases()["completion_34b"]
@@ -104,6 +125,9 @@ def test_stream_delivers_deltas_while_generating(fleet: Fleet) -> None:
     final = messages[-1]
     assert len(tokens) == 400 == final.usage.completion_tokens
     assert final.timings.time_to_first_token_ms < final.timings.total_ms
+    # The summary message says who served it, as a unary response does.
+    assert (final.served_by.model, final.served_by.model_version, final.served_by.worker,
+            final.served_by.pool) == (CHAT_7B, "v1", "w-7b", "7b")
 
 
 def test_requests_run_only_in_their_own_pool(fleet: Fleet) -> None:
@@ -149,49 +173,60 @@ def test_continuous_batching_serves_8_requests_far_faster_than_8_in_turn(fleet: 
     assert concurrent < 4 * single
 
 
+# (field, sampling, what the message must also say: the limit and the value)
 BAD_SAMPLING = [
-    ("sampling.max_tokens", pb.SamplingParams(max_tokens=0)),
-    ("sampling.max_tokens", pb.SamplingParams(max_tokens=5000)),
-    ("sampling.temperature", pb.SamplingParams(temperature=-0.5)),
-    ("sampling.temperature", pb.SamplingParams(temperature=float("nan"))),
-    ("sampling.top_p", pb.SamplingParams(top_p=0.0)),
-    ("sampling.top_p", pb.SamplingParams(top_p=1.5)),
-    ("sampling.top_k", pb.SamplingParams(top_k=1_000_000)),
-    ("sampling.repetition_penalty", pb.SamplingParams(repetition_penalty=0.0)),
-    ("sampling.stop_sequences", pb.SamplingParams(stop_sequences=["a"] * 9)),
-    ("sampling.stop_sequences[0]", pb.SamplingParams(stop_sequences=[""])),
-    ("sampling.stop_sequences[1]", pb.SamplingParams(stop_sequences=["ok", "x" * 65])),
-    ("sampling.seed", pb.SamplingParams(seed=2**64 - 1)),
-    ("sampling.n", pb.SamplingParams(n=9, temperature=1.0)),
-    ("sampling.n", pb.SamplingParams(n=2)),
-    ("sampling.logprobs", pb.SamplingParams(logprobs=6)),
+    ("sampling.max_tokens", pb.SamplingParams(max_tokens=0), ("at least 1", "got 0")),
+    ("sampling.max_tokens", pb.SamplingParams(max_tokens=5000), ("at most", "5000", "2048")),
+    ("sampling.temperature", pb.SamplingParams(temperature=-0.5),
+     ("between 0 and 2", "got -0.5")),
+    ("sampling.temperature", pb.SamplingParams(temperature=float("nan")),
+     ("between 0 and 2", "got nan")),
+    ("sampling.top_p", pb.SamplingParams(top_p=0.0), ("greater than 0 and at most 1", "got 0.0")),
+    ("sampling.top_p", pb.SamplingParams(top_p=1.5), ("greater than 0 and at most 1", "got 1.5")),
+    ("sampling.top_k", pb.SamplingParams(top_k=1_000_000), ("at most 100000", "got 1000000")),
+    ("sampling.repetition_penalty", pb.SamplingParams(repetition_penalty=0.0),
+     ("greater than 0 and at most 2", "got 0.0")),
+    ("sampling.stop_sequences", pb.SamplingParams(stop_sequences=["a"] * 9),
+     ("at most 8 entries", "got 9")),
+    ("sampling.stop_sequences[0]", pb.SamplingParams(stop_sequences=[""]), ("must not be empty",)),
+    ("sampling.stop_sequences[1]", pb.SamplingParams(stop_sequences=["ok", "x" * 65]),
+     ("at most 64 characters", "65 characters")),
+    ("sampling.seed", pb.SamplingParams(seed=2**64 - 1),
+     (f"at most {2**63 - 1}", f"got {2**64 - 1}")),
+    ("sampling.n", pb.SamplingParams(n=9, temperature=1.0), ("between 1 and 8", "got 9")),
+    ("sampling.n", pb.SamplingParams(n=2), ("temperature above 0", "n=2")),
+    ("sampling.logprobs", pb.SamplingParams(logprobs=6), ("between 0 and 5", "got 6")),
 ]
 
 
 def _assert_rejected_before_queueing(fleet: Fleet, call: object, request: object,
                                      code: grpc.StatusCode, *needles: str) -> str:
+    client = redis.Redis.from_url(fleet.redis_url)
+    queue = fleet.store.get_version(CHAT_7B).queue
+    depth_before = client.llen(queue)
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=10)  # type: ignore[operator]
     assert caught.value.code() == code, caught.value.details()
     details = caught.value.details()
     for needle in needles:
         assert needle in details, details
+    # Refused in the gateway: nothing was queued, and no worker opened a stream for it.
+    assert client.llen(queue) == depth_before == 0, "a rejected request was queued"
     rid = request.options.request_id  # type: ignore[attr-defined]
     if rid:
         time.sleep(0.2)
-        assert not redis.Redis.from_url(fleet.redis_url).exists(result_stream(rid)), \
-            "a rejected request reached a worker"
+        assert not client.exists(result_stream(rid)), "a rejected request reached a worker"
     return details
 
 
-@pytest.mark.parametrize(("field", "sampling"), BAD_SAMPLING,
-                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_SAMPLING)])
+@pytest.mark.parametrize(("field", "sampling", "says"), BAD_SAMPLING,
+                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(BAD_SAMPLING)])
 def test_bad_sampling_field_is_invalid_argument_and_reaches_no_worker(
-        fleet: Fleet, field: str, sampling: pb.SamplingParams) -> None:
+        fleet: Fleet, field: str, sampling: pb.SamplingParams, says: tuple[str, ...]) -> None:
     request = api.CompleteRequest(model=CHAT_7B, prompt="x", sampling=sampling,
                                   options=pb.RequestOptions(request_id=uuid.uuid4().hex))
     _assert_rejected_before_queueing(fleet, fleet.stub().Complete, request,
-                                     grpc.StatusCode.INVALID_ARGUMENT, field + ":")
+                                     grpc.StatusCode.INVALID_ARGUMENT, field + ":", *says)
 
 
 BAD_INPUTS = [
@@ -313,8 +348,10 @@ def test_cancelled_stream_aborts_the_engine_request(fleet: Fleet) -> None:
     for message in call:
         if any(d.token_ids for d in message.deltas):
             break
-    call.cancel()
     client = redis.Redis.from_url(fleet.redis_url)
+    generating = _worker_status_after(client, "w-7b", time.time())
+    assert int(generating[b"engine_requests"]) >= 1, generating
+    call.cancel()
     final = None
     deadline = time.monotonic() + 20
     while final is None and time.monotonic() < deadline:
@@ -326,6 +363,21 @@ def test_cancelled_stream_aborts_the_engine_request(fleet: Fleet) -> None:
     assert final is not None, "the worker never finished the cancelled request"
     assert final["finish_reasons"] == {"0": "cancelled"}
     assert final["completion_tokens"] < 1900 / 2, final
+    # The engine itself dropped the request: had only the stream been abandoned, vLLM would
+    # still hold it for the remaining ~1,800 tokens.
+    after = _worker_status_after(client, "w-7b", time.time())
+    assert (int(after[b"engine_requests"]), int(after[b"tasks_in_flight"])) == (0, 0), after
+
+
+def _worker_status_after(client: redis.Redis, worker: str, since: float) -> dict[bytes, bytes]:
+    """The worker's status hash from its first heartbeat after `since`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = client.hgetall(worker_status(worker))
+        if status and float(status[b"updated_at"]) > since:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"no heartbeat from {worker} after {since}")
 
 
 def test_stream_cancelled_while_queued_is_flagged_so_no_worker_runs_it(fleet: Fleet) -> None:

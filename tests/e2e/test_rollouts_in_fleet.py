@@ -3,15 +3,19 @@ worker that refuses a corrupted checkpoint."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
+from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
+from fleet_cli.processes import start_gateway
 from fleet_common.keys import live_workers
 from model_registry.rollouts import Change, RolloutStore
 from tests.e2e.conftest import CANARY, CONTEXT_LIMIT
@@ -51,6 +55,7 @@ def test_canary_split_stickiness_and_rollback_through_the_fleet(fleet: Fleet) ->
         assert response.served_by.worker == f"w-canary-{expected}"
         seen.add(expected)
     assert seen == {"v1", "v2"}
+    _tenant_is_the_sticky_key_without_a_routing_key(fleet)
 
     rollouts.rollback(Change(CANARY, "bob", "candidate misbehaves"))
     time.sleep(GATEWAY_SEES_CHANGE_S)
@@ -62,6 +67,32 @@ def test_canary_split_stickiness_and_rollback_through_the_fleet(fleet: Fleet) ->
         assert response.served_by.worker == "w-canary-v1"
     assert [e.action for e in rollouts.events(CANARY)] == [
         "create", "start_canary", "set_weight", "rollback"]
+
+
+def _tenant_is_the_sticky_key_without_a_routing_key(fleet: Fleet) -> None:
+    """With API keys on, a caller's tenant picks its version as a routing key would."""
+    tenants = {f"key-{i}": f"team-{i}" for i in range(16)}
+    env = {"FLEET_REGISTRY_URL": fleet.registry_url, "FLEET_REDIS_URL": fleet.redis_url,
+           "FLEET_API_KEYS": json.dumps(tenants), "FLEET_REGISTRY_REFRESH_S": "0.5"}
+    gateway, port = start_gateway(env, fleet.log_dir)
+    try:
+        stub = InferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+        def version(key: str, routing_key: str = "") -> str:
+            return stub.PreviewPrompt(api.PreviewPromptRequest(
+                model=CANARY, prompt="def f():", options=pb.RequestOptions(
+                    routing_key=routing_key)), timeout=10,
+                metadata=(("authorization", f"Bearer {key}"),)).model_version
+
+        by_tenant = {tenant: version(key) for key, tenant in tenants.items()}
+        assert set(by_tenant.values()) == {"v1", "v2"}, by_tenant  # at weight 50
+        for key, tenant in tenants.items():
+            assert version(key) == by_tenant[tenant] == _preview_version(fleet, tenant)
+        # An explicit routing key still wins over the tenant.
+        other = next(t for t, v in by_tenant.items() if v != by_tenant["team-0"])
+        assert version("key-0", routing_key=other) == by_tenant[other]
+    finally:
+        gateway.stop()
 
 
 def test_worker_refuses_a_corrupted_checkpoint_and_never_becomes_ready(

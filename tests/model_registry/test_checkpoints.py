@@ -146,8 +146,13 @@ def test_inspect_reads_dtype_key_and_defaults_to_auto(tmp_path: Path) -> None:
     assert bare.dtype == "auto"
 
 
-def test_inspect_with_progress(checkpoint: Path) -> None:
+def test_inspect_with_progress(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert inspect_checkpoint(checkpoint, progress=True) == inspect_checkpoint(checkpoint)
+    shown = capsys.readouterr().err
+    total_kb = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file()) / 1000
+    # rich's bar on stderr, finished: the title and done/total bytes
+    assert f"hashing {checkpoint.name}" in shown, shown
+    assert f"{total_kb:.1f}/{total_kb:.1f} kB" in shown, shown
 
 
 def test_refuses_a_path_that_is_not_a_directory(tmp_path: Path) -> None:

@@ -72,6 +72,19 @@ def test_first_version_becomes_stable_and_routes_by_queue(
     assert rollout.state.stable_version == "v1" and rollout.candidate is None
 
 
+def test_tensor_parallel_size_comes_from_the_pool_unless_the_operator_sets_one(
+        store: RegistryStore, tiny_checkpoints: dict[str, Path]) -> None:
+    store.set_pool("34b", tensor_parallel_size=8, description="eight GPUs per worker")
+    from_pool = register_model(store, model="big", version="v1",
+                               checkpoint_dir=tiny_checkpoints["plain"], variant="codellama-34b",
+                               context_limit=2048)
+    pinned = register_model(store, model="big", version="v2",
+                            checkpoint_dir=tiny_checkpoints["plain"], variant="codellama-34b",
+                            context_limit=2048, tensor_parallel_size=2)
+    assert (from_pool.pool, from_pool.tensor_parallel_size) == ("34b", 8)
+    assert (pinned.pool, pinned.tensor_parallel_size) == ("34b", 2)
+
+
 BAD_VERSIONS = [
     ("unknown checkpoint", dict(checkpoint="nope"), NotFound, "checkpoint 'nope'"),
     ("unknown template", dict(template_name="nope"), NotFound, "template 'nope'"),

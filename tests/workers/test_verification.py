@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model_registry.checkpoints import CheckpointFile
-from workers.verification import CheckpointCorrupted, verify_before_load
+from workers.verification import CheckpointCorrupted, CheckpointUnrecorded, verify_before_load
 
 
 @pytest.fixture
@@ -64,3 +64,18 @@ def test_refuses_a_missing_file_even_without_hashes(
         verify_before_load(directory, expected, check_hashes=False)
 
     assert caught.value.problems == ["config.json: missing"]
+
+
+def test_refuses_a_checkpoint_without_records_unless_allowed(
+    checkpoint: tuple[Path, list[CheckpointFile]], caplog: pytest.LogCaptureFixture
+) -> None:
+    directory, _ = checkpoint
+
+    with pytest.raises(CheckpointUnrecorded, match="no file sizes or sha256") as caught:
+        verify_before_load(directory, [])
+    assert isinstance(caught.value, CheckpointCorrupted)
+    assert str(caught.value).endswith("; the worker will not load it")
+
+    with caplog.at_level(logging.WARNING, logger="workers.verification"):
+        verify_before_load(directory, [], allow_unrecorded=True)
+    assert "loading it unverified" in caplog.text

@@ -44,17 +44,21 @@ def sampling_from(args: argparse.Namespace) -> pb.SamplingParams:
     return params
 
 
-def parse_messages(system: str | None, turns: list[str]) -> list[pb.ChatMessage]:
-    """Turns alternate user, assistant, user...; `role:text` picks a role explicitly."""
-    messages = [pb.ChatMessage(role=pb.ROLE_SYSTEM, content=system)] if system else []
+def chat_turns(system: str | None, turns: list[str]) -> list[tuple[str, str]]:
+    """(role, text): turns alternate user, assistant, user...; `role:text` picks a role."""
+    messages = [("system", system)] if system else []
     for i, turn in enumerate(turns):
         role, sep, text = turn.partition(":")
         if sep and role in ROLES:
-            messages.append(pb.ChatMessage(role=ROLES[role], content=text))
+            messages.append((role, text))
         else:
-            messages.append(pb.ChatMessage(role=pb.ROLE_USER if i % 2 == 0 else pb.ROLE_ASSISTANT,
-                                           content=turn))
+            messages.append(("user" if i % 2 == 0 else "assistant", turn))
     return messages
+
+
+def parse_messages(system: str | None, turns: list[str]) -> list[pb.ChatMessage]:
+    return [pb.ChatMessage(role=ROLES[role], content=text)
+            for role, text in chat_turns(system, turns)]
 
 
 def _metadata(args: argparse.Namespace) -> list[tuple[str, str]]:

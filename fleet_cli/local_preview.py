@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fleet_cli.client import chat_turns
 from fleet_common.errors import FleetError
 from prompting.built import BuiltPrompt
 from prompting.formats import build_chat_prompt, build_completion_prompt, build_infill_prompt
@@ -22,18 +23,6 @@ from prompting.profile import ChatFormat, PromptProfile
 from prompting.tokenizer import load_prompt_tokenizer
 
 CHAT_FORMATS = tuple(f.value for f in ChatFormat)
-
-
-def chat_turns(system: str | None, turns: list[str]) -> list[ChatMessage]:
-    """Turns alternate user, assistant, user...; `role:text` picks a role explicitly."""
-    messages = [ChatMessage("system", system)] if system else []
-    for i, turn in enumerate(turns):
-        role, sep, text = turn.partition(":")
-        if sep and role in ("system", "user", "assistant"):
-            messages.append(ChatMessage(role, text))
-        else:
-            messages.append(ChatMessage("user" if i % 2 == 0 else "assistant", turn))
-    return messages
 
 
 def build_local(args: argparse.Namespace) -> tuple[BuiltPrompt, Any]:
@@ -47,7 +36,8 @@ def build_local(args: argparse.Namespace) -> tuple[BuiltPrompt, Any]:
         order = InfillOrder.SPM if args.spm else InfillOrder.PSM
         return build_infill_prompt(tokenizer, profile, args.prefix or "", args.suffix or "",
                                    order), tokenizer
-    return build_chat_prompt(tokenizer, profile, chat_turns(args.system, args.turns)), tokenizer
+    messages = [ChatMessage(role, text) for role, text in chat_turns(args.system, args.turns)]
+    return build_chat_prompt(tokenizer, profile, messages), tokenizer
 
 
 def run_local_preview(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_common.errors import AlreadyExists, NotFound
+from fleet_common.errors import NotFound
 from model_registry.checkpoints import inspect_checkpoint
 from model_registry.records import CheckpointRecord, FileRecord, ServedModel
 from model_registry.store import NewCheckpoint, NewModelVersion, RegistryStore
@@ -17,14 +17,27 @@ from prompting.tokenizer_files import read_chat_template
 def register_checkpoint_dir(store: RegistryStore, name: str, directory: Path, *,
                             source_repo: str = "", actor: str = "",
                             progress: bool = False) -> CheckpointRecord:
+    return store.add_checkpoint(_new_checkpoint(name, directory, source_repo, progress),
+                                actor=actor)
+
+
+def _new_checkpoint(name: str, directory: Path, source_repo: str = "",
+                    progress: bool = False) -> NewCheckpoint:
+    """Reads and hashes every file: slow for big checkpoints, so done outside transactions."""
     info = inspect_checkpoint(directory, progress=progress)
-    return store.add_checkpoint(NewCheckpoint(
+    return NewCheckpoint(
         name=name, directory=str(Path(info.directory).resolve()),
         files=tuple(FileRecord(f.path, f.size_bytes, f.sha256) for f in info.files),
         format=info.format, dtype=info.dtype, quantization=info.quantization,
         architecture=info.architecture, vocab_size=info.vocab_size,
-        context_length=info.context_length, tokenizer=info.tokenizer,
-        source_repo=source_repo), actor=actor)
+        context_length=info.context_length, tokenizer=info.tokenizer, source_repo=source_repo)
+
+
+def _existing_checkpoint(store: RegistryStore, name: str) -> CheckpointRecord | None:
+    try:
+        return store.get_checkpoint(name)
+    except NotFound:
+        return None
 
 
 def _variant(name: str | None) -> CodeLlamaVariant | None:
@@ -59,11 +72,28 @@ def register_model(
     if variant is not None and entry is None:
         catalog_entry(variant)  # raises NotFound naming the known variants
     checkpoint_name = f"{model}-{version}"
-    try:
-        checkpoint = register_checkpoint_dir(store, checkpoint_name, checkpoint_dir,
-                                             actor=actor, progress=progress)
-    except AlreadyExists:
-        checkpoint = store.get_checkpoint(checkpoint_name)
+    hashed = None if _existing_checkpoint(store, checkpoint_name) else _new_checkpoint(
+        checkpoint_name, checkpoint_dir, progress=progress)
+    # Checkpoint, template and version in one transaction: a refused version (unknown pool,
+    # template that does not fit, ...) leaves no checkpoint or template behind.
+    with store.transaction():
+        try:
+            return store.get_version(model, version)
+        except NotFound:
+            pass
+        checkpoint = _existing_checkpoint(store, checkpoint_name) or store.add_checkpoint(
+            hashed or _new_checkpoint(checkpoint_name, checkpoint_dir), actor=actor)
+        return _add_version(store, entry, checkpoint, model=model, version=version, pool=pool,
+                            chat_format=chat_format, supports_infill=supports_infill,
+                            context_limit=context_limit,
+                            tensor_parallel_size=tensor_parallel_size, dtype=dtype, actor=actor)
+
+
+def _add_version(store: RegistryStore, entry: CodeLlamaVariant | None,
+                 checkpoint: CheckpointRecord, *, model: str, version: str, pool: str | None,
+                 chat_format: str | None, supports_infill: bool | None,
+                 context_limit: int | None, tensor_parallel_size: int | None, dtype: str,
+                 actor: str) -> ServedModel:
     if entry is not None:
         default_chat = entry.chat_format.value if entry.chat_format else ""
         default_infill, default_pool = entry.supports_infill, entry.pool
@@ -79,14 +109,11 @@ def register_model(
                      f"{'-infill' if infill else ''}")
     template = store.create_template_version(template_name, infill=infill,
                                              chat_format=chosen_chat, actor=actor)
-    try:
-        return store.create_model_version(NewModelVersion(
-            model=model, version=version, checkpoint=checkpoint.name,
-            template_name=template.name, template_version=template.version,
-            pool=pool or default_pool,
-            # 0 leaves it to the pool, so an operator sizes a pool's workers in one place.
-            tensor_parallel_size=tensor_parallel_size or 0,
-            max_model_len=context_limit or default_context, dtype=dtype), actor=actor,
-            fits=check_template_fits)
-    except AlreadyExists:
-        return store.get_version(model, version)
+    return store.create_model_version(NewModelVersion(
+        model=model, version=version, checkpoint=checkpoint.name,
+        template_name=template.name, template_version=template.version,
+        pool=pool or default_pool,
+        # 0 leaves it to the pool, so an operator sizes a pool's workers in one place.
+        tensor_parallel_size=tensor_parallel_size or 0,
+        max_model_len=context_limit or default_context, dtype=dtype), actor=actor,
+        fits=check_template_fits)

@@ -1,5 +1,6 @@
 """Registry reads and writes: pools, checkpoints, templates, model versions. One transaction
-per public method, so a failed call writes nothing."""
+per public method (or per `transaction()` block around several), so a failed call writes
+nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, func, select
@@ -127,11 +129,23 @@ def rollout_state(row: Rollout) -> RolloutState:
 class RegistryStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._current: ContextVar[Session | None] = ContextVar(f"registry-{id(self)}",
+                                                               default=None)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """One transaction; store calls made inside another `transaction` join it, so a
+        workflow of several calls commits or rolls back as a whole."""
+        outer = self._current.get()
+        if outer is not None:
+            yield outer
+            return
         with self._sessions.begin() as session:
-            yield session
+            token = self._current.set(session)
+            try:
+                yield session
+            finally:
+                self._current.reset(token)
 
     # Pools -------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from fleet_common.errors import (
     OutOfRange,
 )
 from model_registry.registration import register_checkpoint_dir, register_model
-from model_registry.schema import Checkpoint, Model, ModelVersion, Rollout
+from model_registry.schema import Checkpoint, Model, ModelVersion, Rollout, Template
 from model_registry.store import NewModelVersion, RegistryStore
 from model_registry.template_fit import check_template_fits
 
@@ -83,6 +83,26 @@ def test_tensor_parallel_size_comes_from_the_pool_unless_the_operator_sets_one(
                             context_limit=2048, tensor_parallel_size=2)
     assert (from_pool.pool, from_pool.tensor_parallel_size) == ("34b", 8)
     assert (pinned.pool, pinned.tensor_parallel_size) == ("34b", 2)
+
+
+def test_register_model_refused_leaves_no_checkpoint_or_template(
+        store: RegistryStore, tiny_checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(NotFound, match="pool '13b' does not exist"):
+        register_model(store, model="m", version="v1", checkpoint_dir=tiny_checkpoints["infill"],
+                       variant="codellama-7b", pool="13b", context_limit=2048)
+    with pytest.raises(FailedPrecondition):  # the 34B tokenizer has no infill pieces
+        register_model(store, model="m", version="v1", checkpoint_dir=tiny_checkpoints["plain"],
+                       variant="codellama-7b", context_limit=2048)
+    assert _count(store, Checkpoint) == 0 and _count(store, Template) == 0
+    assert _count(store, ModelVersion) == 0
+    # The same call with a pool that exists registers all three, and again is a no-op.
+    first = register_model(store, model="m", version="v1",
+                           checkpoint_dir=tiny_checkpoints["infill"], variant="codellama-7b",
+                           context_limit=2048)
+    again = register_model(store, model="m", version="v1",
+                           checkpoint_dir=tiny_checkpoints["infill"], variant="codellama-7b",
+                           context_limit=2048)
+    assert first == again and _count(store, Checkpoint) == 1 and _count(store, Template) == 1
 
 
 BAD_VERSIONS = [

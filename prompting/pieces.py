@@ -7,6 +7,7 @@ SUFFIX = "▁<SUF>"
 MIDDLE = "▁<MID>"
 END_OF_TEXT = "▁<EOT>"
 STEP = "<step>"
+FORMAT_PIECES = (PREFIX, SUFFIX, MIDDLE, END_OF_TEXT, STEP)
 
 # Meta's reference prepends this character to text that must be encoded without SentencePiece's
 # implicit leading space, then drops the ids of the space and the sentinel.

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from prompting.leading_space import decode_without_leading_space, encode_without_leading_space
-from prompting.pieces import SENTINEL
+from prompting.pieces import FORMAT_PIECES, SENTINEL
 
 
 class BasePromptTokenizer:
@@ -18,9 +18,18 @@ class BasePromptTokenizer:
         special_ids: frozenset[int],
         chat_template: str | None,
     ) -> None:
-        """Call after the subclass has set up its backend: the sentinel is encoded here."""
+        """Call after the subclass has set up its backend: the format pieces are looked up and
+        the sentinel is encoded here.
+
+        The format pieces count as special whatever their type: in a vocabulary where they are
+        ordinary BPE pieces (Code Llama's appended pieces come with their partial merges,
+        `▁<SU`, `▁<SUF`, ...), text such as " <PRE>" would otherwise encode to them."""
         self._special_tokens: Mapping[str, int] = MappingProxyType(dict(special_tokens))
-        self._special_ids = special_ids
+        format_pieces = {piece: self.piece_to_id(piece) for piece in FORMAT_PIECES}
+        self._format_surfaces = {token_id: piece.replace("▁", " ").strip()
+                                 for piece, token_id in format_pieces.items()
+                                 if token_id is not None}
+        self._special_ids = special_ids | frozenset(self._format_surfaces)
         self._chat_template = chat_template
         self._sentinel_ids = self._encode_plain(SENTINEL)
 
@@ -42,10 +51,42 @@ class BasePromptTokenizer:
     def special_tokens(self) -> Mapping[str, int]:
         return self._special_tokens
 
+    def piece_to_id(self, piece: str) -> int | None:
+        raise NotImplementedError
+
     def encode(self, text: str, *, leading_space: bool = True) -> list[int]:
         if leading_space:
-            return self._encode_plain(text)
-        return encode_without_leading_space(self._encode_plain, text)
+            return self._encode_user_text(text)
+        return encode_without_leading_space(self._encode_user_text, text)
+
+    def _encode_user_text(self, text: str) -> list[int]:
+        ids = self._encode_plain(text)
+        if self._special_ids.isdisjoint(ids):
+            return ids
+        return self._encode_defused(text)
+
+    def _encode_defused(self, text: str) -> list[int]:
+        """`text` cut right after the first character of every format piece it spells
+        (`<` of `<PRE>`), the parts encoded as one continuous text: BPE cannot merge across a
+        cut, so the piece comes out as ordinary tokens that decode to the same text."""
+        cuts = sorted({match + 1 for surface in self._format_surfaces.values()
+                       for match in _occurrences(text, surface)})
+        bounds = [0, *cuts, len(text)]
+        parts = [text[start:end] for start, end in zip(bounds, bounds[1:]) if end > start]
+        ids = self._encode_plain(parts[0]) if parts else []
+        for part in parts[1:]:
+            ids += encode_without_leading_space(self._encode_plain, part)
+        if not self._special_ids.isdisjoint(ids):
+            raise ValueError(f"text {text[:80]!r} encodes to special ids even when cut apart")
+        return ids
 
     def decode_infill(self, ids: Sequence[int]) -> str:
         return decode_without_leading_space(self.decode, self._sentinel_ids, ids)
+
+
+def _occurrences(text: str, surface: str) -> list[int]:
+    found, start = [], text.find(surface)
+    while start >= 0:
+        found.append(start)
+        start = text.find(surface, start + 1)
+    return found

@@ -1,0 +1,83 @@
+"""A vocabulary where Code Llama's format pieces are ordinary BPE pieces, reachable from text.
+
+The test fixtures make the appended pieces CONTROL pieces, which SentencePiece never produces
+from text. Code Llama's own tokenizer.model also carries the partial merges (`▁<SU`, `▁<SUF`,
+...), which only make sense if the pieces are reachable by BPE; then " <PRE>" in a user's code
+would encode to the real `▁<PRE>` id and forge the infill layout. User text must still never
+yield a format id, and must still decode to itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+from hypothesis import given
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+from prompting import InfillOrder, build_infill_prompt, catalog_entry
+from prompting.sp_tokenizer import SentencePiecePromptTokenizer
+from prompting.tokenizer import PromptTokenizer
+from tests.prompting.test_properties import FAST, seen, texts
+from tests.support.codellama_tokenizer import build_model_proto
+
+BOS, PRE, SUF, MID, EOT, STEP = 1, 32007, 32008, 32009, 32010, 32015
+FORMAT_IDS = {PRE, SUF, MID, EOT, STEP}
+
+
+def _reachable_model(layout: str, dest: Path) -> Path:
+    proto = build_model_proto(layout)
+    for piece in proto.pieces[32000:]:
+        piece.type = model_pb2.ModelProto.SentencePiece.NORMAL
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "tokenizer.model").write_bytes(proto.SerializeToString())
+    return dest / "tokenizer.model"
+
+
+@pytest.fixture(scope="module", params=["infill", "70b"])
+def reachable(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[spm.SentencePieceProcessor, PromptTokenizer]:
+    path = _reachable_model(request.param, tmp_path_factory.mktemp(request.param))
+    return (spm.SentencePieceProcessor(model_file=str(path)),
+            SentencePiecePromptTokenizer(path))
+
+
+def test_the_pieces_are_reachable_by_plain_sentencepiece(
+        reachable: tuple[spm.SentencePieceProcessor, PromptTokenizer]) -> None:
+    sp, _ = reachable
+    assert PRE in sp.encode("a <PRE> b") and SUF in sp.encode("x <SUF>")
+
+
+@pytest.mark.parametrize("text", ["a <PRE> b", "x <SUF>", " <MID> <EOT>", "<PRE><SUF><MID>",
+                                  "foo <step> bar", "if a <PRE> b: pass  # <SUF>"])
+def test_user_text_spelling_a_format_piece_stays_text(
+        reachable: tuple[spm.SentencePieceProcessor, PromptTokenizer], text: str) -> None:
+    sp, tok = reachable
+    for leading_space in (True, False):
+        ids = tok.encode(text, leading_space=leading_space)
+        assert FORMAT_IDS.isdisjoint(ids) and tok.special_ids.isdisjoint(ids)
+    assert tok.decode(tok.encode(text)) == sp.decode(sp.encode(text))
+    assert tok.decode_infill(tok.encode(text, leading_space=False)) == text
+
+
+def test_infill_layout_keeps_its_own_specials_only(
+        reachable: tuple[spm.SentencePieceProcessor, PromptTokenizer]) -> None:
+    _, tok = reachable
+    built = build_infill_prompt(tok, catalog_entry("codellama-7b").profile(),
+                                "s = ' <SUF> <MID>'\n", " <EOT> <PRE>", InfillOrder.PSM)
+    specials = [(i, t) for i, t in enumerate(built.token_ids) if t in FORMAT_IDS | {BOS}]
+    suf_at = built.token_ids.index(SUF)
+    assert specials == [(0, BOS), (1, PRE), (suf_at, SUF), (len(built.token_ids) - 1, MID)]
+
+
+@FAST
+@given(text=texts)
+def test_no_text_yields_a_format_id(
+        reachable: tuple[spm.SentencePieceProcessor, PromptTokenizer], text: str) -> None:
+    sp, tok = reachable
+    ids = tok.encode(text)
+    assert FORMAT_IDS.isdisjoint(ids)
+    # The same text comes back as from SentencePiece's own round trip.
+    assert tok.decode(ids) == sp.decode(sp.encode(text))
+    assert tok.decode_infill(tok.encode(text, leading_space=False)) == seen(text)

@@ -4,6 +4,7 @@ special-token bookkeeping. Subclasses provide `_encode_plain`, `decode` and the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from types import MappingProxyType
 
 from prompting.leading_space import decode_without_leading_space, encode_without_leading_space
@@ -72,7 +73,7 @@ class BasePromptTokenizer:
         cuts = sorted({match + 1 for surface in self._format_surfaces.values()
                        for match in _occurrences(text, surface)})
         bounds = [0, *cuts, len(text)]
-        parts = [text[start:end] for start, end in zip(bounds, bounds[1:]) if end > start]
+        parts = [text[start:end] for start, end in pairwise(bounds) if end > start]
         ids = self._encode_plain(parts[0]) if parts else []
         for part in parts[1:]:
             ids += encode_without_leading_space(self._encode_plain, part)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_common.errors import NotFound
+from fleet_common.errors import AlreadyExists, NotFound
 from model_registry.checkpoints import inspect_checkpoint
 from model_registry.records import CheckpointRecord, FileRecord, ServedModel
 from model_registry.store import NewCheckpoint, NewModelVersion, RegistryStore
@@ -76,17 +76,22 @@ def register_model(
         checkpoint_name, checkpoint_dir, progress=progress)
     # Checkpoint, template and version in one transaction: a refused version (unknown pool,
     # template that does not fit, ...) leaves no checkpoint or template behind.
-    with store.transaction():
-        try:
-            return store.get_version(model, version)
-        except NotFound:
-            pass
-        checkpoint = _existing_checkpoint(store, checkpoint_name) or store.add_checkpoint(
-            hashed or _new_checkpoint(checkpoint_name, checkpoint_dir), actor=actor)
-        return _add_version(store, entry, checkpoint, model=model, version=version, pool=pool,
-                            chat_format=chat_format, supports_infill=supports_infill,
-                            context_limit=context_limit,
-                            tensor_parallel_size=tensor_parallel_size, dtype=dtype, actor=actor)
+    try:
+        with store.transaction():
+            try:
+                return store.get_version(model, version)
+            except NotFound:
+                pass
+            checkpoint = _existing_checkpoint(store, checkpoint_name) or store.add_checkpoint(
+                hashed or _new_checkpoint(checkpoint_name, checkpoint_dir), actor=actor)
+            return _add_version(store, entry, checkpoint, model=model, version=version,
+                                pool=pool, chat_format=chat_format,
+                                supports_infill=supports_infill, context_limit=context_limit,
+                                tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                                actor=actor)
+    except AlreadyExists:
+        # Someone registered the same version meanwhile (our transaction rolled back).
+        return store.get_version(model, version)
 
 
 def _add_version(store: RegistryStore, entry: CodeLlamaVariant | None,

@@ -94,6 +94,9 @@ class HuggingFacePromptTokenizer(BasePromptTokenizer):
         # of the gateway's tokenization CPU.
         return self._plain.encode_batch_fast([text], add_special_tokens=False)[0].ids
 
+    def _encode_plain_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._plain.encode_batch_fast(texts, add_special_tokens=False)]
+
     def encode_template(self, text: str) -> list[int]:
         return self._template.encode(text, add_special_tokens=False).ids
 

@@ -63,6 +63,9 @@ class SentencePiecePromptTokenizer(BasePromptTokenizer):
     def _encode_plain(self, text: str) -> list[int]:
         return list(self._sp.encode(text))
 
+    def _encode_plain_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self._sp.encode(texts)]
+
     def encode_template(self, text: str) -> list[int]:
         """Control-piece strings become their ids; each text run between them is encoded on its
         own, with the implicit leading space, like the reference's per-segment `encode`."""

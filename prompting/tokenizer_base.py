@@ -69,17 +69,27 @@ class BasePromptTokenizer:
     def _encode_defused(self, text: str) -> list[int]:
         """`text` cut right after the first character of every format piece it spells
         (`<` of `<PRE>`), the parts encoded as one continuous text: BPE cannot merge across a
-        cut, so the piece comes out as ordinary tokens that decode to the same text."""
+        cut, so the piece comes out as ordinary tokens that decode to the same text. All parts
+        go to the backend in one batch call, however many cuts there are."""
         cuts = sorted({match + 1 for surface in self._format_surfaces.values()
                        for match in _occurrences(text, surface)})
         bounds = [0, *cuts, len(text)]
         parts = [text[start:end] for start, end in pairwise(bounds) if end > start]
-        ids = self._encode_plain(parts[0]) if parts else []
-        for part in parts[1:]:
-            ids += encode_without_leading_space(self._encode_plain, part)
-        if not self._special_ids.isdisjoint(ids):
-            raise ValueError(f"text {text[:80]!r} encodes to special ids even when cut apart")
+        if not parts:
+            return []
+        head = self._sentinel_ids
+        encoded = self._encode_plain_batch([parts[0], *(SENTINEL + part for part in parts[1:])])
+        ids = list(encoded[0])
+        for part, part_ids in zip(parts[1:], encoded[1:], strict=True):
+            if head and part_ids[:len(head)] == head:
+                ids += part_ids[len(head):]
+            else:  # the sentinel merged with the part: the slow, careful way
+                ids += encode_without_leading_space(self._encode_plain, part)
+        # Whatever is still special here, encode_segment refuses, naming the field.
         return ids
+
+    def _encode_plain_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self._encode_plain(text) for text in texts]
 
     def decode_infill(self, ids: Sequence[int]) -> str:
         return decode_without_leading_space(self.decode, self._sentinel_ids, ids)

@@ -23,10 +23,15 @@ async def heartbeat(redis: Redis, queue: str, worker: str, interval_s: float,
     live_key, status_key = live_workers(queue), worker_status(worker)
     while True:
         try:
+            fields = dict(status())
+        except Exception:  # a status we cannot read must not make us look dead
+            log.warning("reading the worker status failed", exc_info=True)
+            fields = {}
+        try:
             now = time.time()
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(live_key, {worker: now})
-                pipe.hset(status_key, mapping={**status(), "queue": queue, "updated_at": now})
+                pipe.hset(status_key, mapping={**fields, "queue": queue, "updated_at": now})
                 pipe.expire(status_key, max(int(interval_s * _STATUS_TTL_BEATS), 1))
                 await pipe.execute()
         except Exception:  # Redis restarting: keep trying, the gateway will see us again

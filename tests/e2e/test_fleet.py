@@ -202,7 +202,9 @@ BAD_SAMPLING = [
 def _assert_rejected_before_queueing(fleet: Fleet, call: object, request: object,
                                      code: grpc.StatusCode, *needles: str) -> str:
     client = redis.Redis.from_url(fleet.redis_url)
-    queue = fleet.store.get_version(CHAT_7B).queue
+    model = request.model  # type: ignore[attr-defined]
+    queue = fleet.store.get_version(model if model in (CHAT_7B, BASE_34B, UNSERVED)
+                                    else CHAT_7B).queue
     depth_before = client.llen(queue)
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=10)  # type: ignore[operator]
@@ -363,8 +365,8 @@ def test_cancelled_stream_aborts_the_engine_request(fleet: Fleet) -> None:
     assert final is not None, "the worker never finished the cancelled request"
     assert final["finish_reasons"] == {"0": "cancelled"}
     assert final["completion_tokens"] < 1900 / 2, final
-    # The engine itself dropped the request: had only the stream been abandoned, vLLM would
-    # still hold it for the remaining ~1,800 tokens.
+    # vLLM itself holds nothing any more: had the worker only stopped forwarding (generation
+    # left running or its generator left open), vLLM would hold it for ~1,800 more tokens.
     after = _worker_status_after(client, "w-7b", time.time())
     assert (int(after[b"engine_requests"]), int(after[b"tasks_in_flight"])) == (0, 0), after
 
@@ -456,3 +458,29 @@ def test_worker_never_executes_a_pickled_task(fleet: Fleet) -> None:
     ok = fleet.stub().Complete(api.CompleteRequest(model=CHAT_7B, prompt="x",
                                                    sampling=_sampling(2)), timeout=60)
     assert ok.usage.completion_tokens == 2
+
+
+def test_task_whose_deadline_passed_in_the_queue_is_discarded_not_run(fleet: Fleet) -> None:
+    """The request's deadline is the Celery task's expiry: a worker that takes the message too
+    late drops it (acknowledged, never generated), so nobody waits on work no one will read."""
+    from fleet_common.keys import GENERATE_TASK
+    from fleet_common.task_message import task_message
+    from fleet_common.wire import GenerationTask, Mode, Sampling
+
+    served = fleet.store.get_version(CHAT_7B)
+    queue, rid, now = served.queue, uuid.uuid4().hex, time.time()
+    task = GenerationTask(
+        request_id=rid, model=CHAT_7B, model_version=served.version, mode=Mode.COMPLETION,
+        prompt_token_ids=[1, 822], stop_token_ids=[], sampling=Sampling(max_tokens=2),
+        decode_as_infill=False, deadline_unix=now - 5, enqueued_at_unix=now - 10).to_json()
+    client = redis.Redis.from_url(fleet.redis_url)
+    client.lpush(queue, task_message(GENERATE_TASK, rid, (task,), queue,
+                                     expires_unix=now - 5, now_unix=now - 10))
+    deadline = time.monotonic() + 10
+    while client.llen(queue) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    assert client.llen(queue) == 0, "the worker should have taken the message off the queue"
+    assert not client.exists(result_stream(rid)), "an expired task must not run"
+    log = fleet.workers["w-7b"].log_path.read_text()
+    assert f"Discarding revoked task: {GENERATE_TASK}[{rid}]" in log, log[-2000:]

@@ -81,3 +81,27 @@ def test_no_text_yields_a_format_id(
     # The same text comes back as from SentencePiece's own round trip.
     assert tok.decode(ids) == sp.decode(sp.encode(text))
     assert tok.decode_infill(tok.encode(text, leading_space=False)) == seen(text)
+
+
+def test_many_format_pieces_cost_one_batch_call(
+        reachable: tuple[spm.SentencePieceProcessor, PromptTokenizer],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt made of thousands of " <PRE>" must not cost thousands of encoder calls."""
+    sp, tok = reachable
+    calls = {"one": 0, "batch": 0}
+    one, batch = tok._encode_plain, tok._encode_plain_batch  # noqa: SLF001
+
+    def counted_one(text: str) -> list[int]:
+        calls["one"] += 1
+        return one(text)
+
+    def counted_batch(texts: list[str]) -> list[list[int]]:
+        calls["batch"] += 1
+        return batch(texts)
+
+    monkeypatch.setattr(tok, "_encode_plain", counted_one)
+    monkeypatch.setattr(tok, "_encode_plain_batch", counted_batch)
+    text = "x = 1 <PRE> 2 <SUF>\n" * 2000
+    ids = tok.encode(text)
+    assert FORMAT_IDS.isdisjoint(ids) and tok.decode(ids) == sp.decode(sp.encode(text))
+    assert calls == {"one": 1, "batch": 1}

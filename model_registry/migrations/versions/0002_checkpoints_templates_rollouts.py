@@ -1,8 +1,10 @@
 """Checkpoints with file checksums, versioned templates, rollouts with history.
 
-Existing model versions keep serving: each gets a checkpoint row for its directory (file
+Existing model versions keep their data: each gets a checkpoint row for its directory (file
 checksums unknown until re-registered: such checkpoints have no file rows), a template version
 for its prompt profile, and its model's stable version becomes the rollout's stable version.
+Workers refuse to load a checkpoint without file rows unless started with
+FLEET_ALLOW_UNRECORDED_CHECKPOINT=true; registering the directory again records them.
 
 Revision ID: 0002
 Revises: 0001

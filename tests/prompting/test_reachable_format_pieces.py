@@ -89,7 +89,7 @@ def test_many_format_pieces_cost_one_batch_call(
     """A prompt made of thousands of " <PRE>" must not cost thousands of encoder calls."""
     sp, tok = reachable
     calls = {"one": 0, "batch": 0}
-    one, batch = tok._encode_plain, tok._encode_plain_batch  # noqa: SLF001
+    one, batch = tok._encode_plain, tok._encode_plain_batch
 
     def counted_one(text: str) -> list[int]:
         calls["one"] += 1

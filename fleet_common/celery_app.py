@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.serialization import disable_insecure_serializers
+
+ACCEPTED_CONTENT = ["json"]
 
 
 def make_celery_app(broker_url: str, *, visibility_timeout_s: int) -> Celery:
@@ -12,12 +15,17 @@ def make_celery_app(broker_url: str, *, visibility_timeout_s: int) -> Celery:
     prefetch 1 keeps one worker from hoarding messages another could run. The Redis visibility
     timeout must exceed the longest request deadline, or a slow request would be delivered twice.
     Results travel through per-request Redis Streams, not Celery's result backend.
+
+    JSON only, twice over: the app accepts nothing else, and kombu's decoder registry is locked
+    to JSON for the whole process, so even a decode that names no accept list (kombu only
+    refuses pickle there while nothing has re-enabled it) never unpickles a message.
     """
+    disable_insecure_serializers(ACCEPTED_CONTENT)
     app = Celery("codellama_fleet", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
+        accept_content=ACCEPTED_CONTENT,
+        result_accept_content=ACCEPTED_CONTENT,
         event_serializer="json",
         result_serializer="json",
         task_ignore_result=True,

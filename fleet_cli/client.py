@@ -44,21 +44,17 @@ def sampling_from(args: argparse.Namespace) -> pb.SamplingParams:
     return params
 
 
-def chat_turns(system: str | None, turns: list[str]) -> list[tuple[str, str]]:
-    """(role, text): turns alternate user, assistant, user...; `role:text` picks a role."""
-    messages = [("system", system)] if system else []
+def parse_messages(system: str | None, turns: list[str]) -> list[pb.ChatMessage]:
+    """Turns alternate user, assistant, user...; `role:text` picks a role explicitly."""
+    messages = [pb.ChatMessage(role=pb.ROLE_SYSTEM, content=system)] if system else []
     for i, turn in enumerate(turns):
         role, sep, text = turn.partition(":")
         if sep and role in ROLES:
-            messages.append((role, text))
+            messages.append(pb.ChatMessage(role=ROLES[role], content=text))
         else:
-            messages.append(("user" if i % 2 == 0 else "assistant", turn))
+            messages.append(pb.ChatMessage(role=pb.ROLE_USER if i % 2 == 0 else pb.ROLE_ASSISTANT,
+                                           content=turn))
     return messages
-
-
-def parse_messages(system: str | None, turns: list[str]) -> list[pb.ChatMessage]:
-    return [pb.ChatMessage(role=ROLES[role], content=text)
-            for role, text in chat_turns(system, turns)]
 
 
 def _metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -114,8 +110,9 @@ def run_generation(args: argparse.Namespace, kind: str, **fields: Any) -> int:
             return 1
 
 
-def run_preview(args: argparse.Namespace) -> int:
-    request = api.PreviewPromptRequest(model=args.model)
+def preview_request(args: argparse.Namespace) -> Any:
+    """The PreviewPromptRequest of `fleet preview`'s arguments (also built offline)."""
+    request = api.PreviewPromptRequest(model=args.model or "")
     if args.max_tokens is not None:
         request.max_tokens = args.max_tokens
     if args.prompt is not None:
@@ -126,6 +123,11 @@ def run_preview(args: argparse.Namespace) -> int:
             order=pb.INFILL_ORDER_SPM if args.spm else pb.INFILL_ORDER_PSM))
     else:
         request.chat.CopyFrom(api.ChatInput(messages=parse_messages(args.system, args.turns)))
+    return request
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    request = preview_request(args)
     with grpc.insecure_channel(args.target) as channel:
         try:
             response = InferenceServiceStub(channel).PreviewPrompt(
@@ -136,13 +138,20 @@ def run_preview(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
         return 0
-    print(f"{args.model}@{response.model_version}  format={response.prompt_format}  "
-          f"{len(response.token_ids)} tokens (context limit {response.context_limit})")
-    for token_id, piece in zip(response.token_ids, response.pieces):
-        print(f"{token_id:>8}  {piece!r}")
-    stops = ", ".join(f"{i} {p!r}" for i, p in zip(response.stop_token_ids, response.stop_pieces))
-    print(f"stop tokens: {stops}")
+    print_prompt_table(
+        f"{args.model}@{response.model_version}  format={response.prompt_format}  "
+        f"{len(response.token_ids)} tokens (context limit {response.context_limit})",
+        response.token_ids, response.pieces, response.stop_token_ids, response.stop_pieces)
     return 0
+
+
+def print_prompt_table(header: str, token_ids: Any, pieces: Any, stop_ids: Any,
+                       stop_pieces: Any) -> None:
+    print(header)
+    for token_id, piece in zip(token_ids, pieces):
+        print(f"{token_id:>8}  {piece!r}")
+    stops = ", ".join(f"{i} {p!r}" for i, p in zip(stop_ids, stop_pieces))
+    print(f"stop tokens: {stops}")
 
 
 def run_models(args: argparse.Namespace) -> int:

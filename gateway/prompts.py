@@ -81,11 +81,15 @@ class PromptBuilder:
         return load_prompt_tokenizer(Path(checkpoint_dir))
 
     def build(self, served: ServedModel, prompt_input: PromptInput) -> EnginePrompt:
-        tokenizer = self.tokenizer(served.checkpoint_dir)
         profile = PromptProfile.from_registry(
             served.model, chat_format=served.chat_format,
             supports_infill=served.supports_infill, supports_chat=served.supports_chat,
             chat_template=served.chat_template or None)
+        return self.build_with(self.tokenizer(served.checkpoint_dir), profile, prompt_input)
+
+    def build_with(self, tokenizer: PromptTokenizer, profile: PromptProfile,
+                   prompt_input: PromptInput) -> EnginePrompt:
+        """`build` for any tokenizer and profile (the offline `fleet preview --tokenizer`)."""
         built = self._build(tokenizer, profile, prompt_input)
         mode = Mode.INFILL if built.decode_as_infill or built.format.startswith("infill") \
             else prompt_input.mode
@@ -130,10 +134,15 @@ class PromptBuilder:
     def check_budget(served: ServedModel, prompt: EnginePrompt, max_tokens: int) -> None:
         check_context_budget(len(prompt.token_ids), max_tokens, served.context_limit)
 
+    @staticmethod
+    def view(tokenizer: PromptTokenizer, prompt: EnginePrompt) -> dict[str, Any]:
+        """Ids, pieces and stops of a built prompt, JSON-ready."""
+        return preview(BuiltPrompt(prompt.token_ids, prompt.stop_token_ids, prompt.format,
+                                   decode_as_infill=prompt.mode is Mode.INFILL), tokenizer)
+
     def preview_response(self, served: ServedModel, prompt: EnginePrompt
                          ) -> api.PreviewPromptResponse:
-        view = preview(BuiltPrompt(prompt.token_ids, prompt.stop_token_ids, prompt.format),
-                       self.tokenizer(served.checkpoint_dir))
+        view = self.view(self.tokenizer(served.checkpoint_dir), prompt)
         return api.PreviewPromptResponse(
             model_version=served.version, prompt_format=view["format"],
             token_ids=view["token_ids"], pieces=view["pieces"],

@@ -29,6 +29,18 @@ def encode_without_leading_space(encode: Callable[[str], list[int]], text: str) 
     return encode(text)
 
 
+def encode_continuations(encode: Callable[[str], list[int]],
+                         encode_batch: Callable[[list[str]], list[list[int]]],
+                         texts: list[str]) -> list[list[int]]:
+    """`encode_without_leading_space` of each of `texts`, in one batch call for the usual case
+    (the first sentinel stays separate); a text the sentinel merges with takes the long way."""
+    head = encode(SENTINEL)
+    encoded = encode_batch([SENTINEL + text for text in texts])
+    return [ids[len(head):] if head and ids[:len(head)] == head
+            else encode_without_leading_space(encode, text)
+            for text, ids in zip(texts, encoded, strict=True)]
+
+
 def decode_without_leading_space(
     decode: Callable[[Sequence[int]], str], sentinel_ids: Sequence[int], ids: Sequence[int]
 ) -> str:

@@ -3,11 +3,16 @@ special-token bookkeeping. Subclasses provide `_encode_plain`, `decode` and the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from types import MappingProxyType
 
-from prompting.leading_space import decode_without_leading_space, encode_without_leading_space
+from prompting.leading_space import (
+    decode_without_leading_space,
+    encode_continuations,
+    encode_without_leading_space,
+)
 from prompting.pieces import FORMAT_PIECES, SENTINEL
 
 
@@ -27,10 +32,12 @@ class BasePromptTokenizer:
         `▁<SU`, `▁<SUF`, ...), text such as " <PRE>" would otherwise encode to them."""
         self._special_tokens: Mapping[str, int] = MappingProxyType(dict(special_tokens))
         format_pieces = {piece: self.piece_to_id(piece) for piece in FORMAT_PIECES}
-        self._format_surfaces = {token_id: piece.replace("▁", " ").strip()
-                                 for piece, token_id in format_pieces.items()
-                                 if token_id is not None}
-        self._special_ids = special_ids | frozenset(self._format_surfaces)
+        surfaces = {token_id: piece.replace("▁", " ").strip()
+                    for piece, token_id in format_pieces.items() if token_id is not None}
+        self._special_ids = special_ids | frozenset(surfaces)
+        # Every surface starts with "<" and holds no other, so matches never overlap.
+        self._format_surface_re = re.compile("|".join(map(re.escape, surfaces.values()))
+                                             or "(?!)")
         self._chat_template = chat_template
         self._sentinel_ids = self._encode_plain(SENTINEL)
 
@@ -69,23 +76,14 @@ class BasePromptTokenizer:
     def _encode_defused(self, text: str) -> list[int]:
         """`text` cut right after the first character of every format piece it spells
         (`<` of `<PRE>`), the parts encoded as one continuous text: BPE cannot merge across a
-        cut, so the piece comes out as ordinary tokens that decode to the same text. All parts
-        go to the backend in one batch call, however many cuts there are."""
-        cuts = sorted({match + 1 for surface in self._format_surfaces.values()
-                       for match in _occurrences(text, surface)})
-        bounds = [0, *cuts, len(text)]
-        parts = [text[start:end] for start, end in pairwise(bounds) if end > start]
-        if not parts:
-            return []
-        head = self._sentinel_ids
-        encoded = self._encode_plain_batch([parts[0], *(SENTINEL + part for part in parts[1:])])
-        ids = list(encoded[0])
-        for part, part_ids in zip(parts[1:], encoded[1:], strict=True):
-            if head and part_ids[:len(head)] == head:
-                ids += part_ids[len(head):]
-            else:  # the sentinel merged with the part: the slow, careful way
-                ids += encode_without_leading_space(self._encode_plain, part)
-        # Whatever is still special here, encode_segment refuses, naming the field.
+        cut, so the piece comes out as ordinary tokens that decode to the same text. Whatever
+        is still special, `encode_segment` refuses, naming the field."""
+        cuts = [match.start() + 1 for match in self._format_surface_re.finditer(text)]
+        parts = [text[start:end] for start, end in pairwise([0, *cuts, len(text)])]
+        ids = self._encode_plain(parts[0])
+        for part_ids in encode_continuations(self._encode_plain, self._encode_plain_batch,
+                                             parts[1:]):
+            ids += part_ids
         return ids
 
     def _encode_plain_batch(self, texts: list[str]) -> list[list[int]]:
@@ -94,10 +92,3 @@ class BasePromptTokenizer:
     def decode_infill(self, ids: Sequence[int]) -> str:
         return decode_without_leading_space(self.decode, self._sentinel_ids, ids)
 
-
-def _occurrences(text: str, surface: str) -> list[int]:
-    found, start = [], text.find(surface)
-    while start >= 0:
-        found.append(start)
-        start = text.find(surface, start + 1)
-    return found

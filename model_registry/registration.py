@@ -72,8 +72,9 @@ def register_model(
     if variant is not None and entry is None:
         catalog_entry(variant)  # raises NotFound naming the known variants
     checkpoint_name = f"{model}-{version}"
-    hashed = None if _existing_checkpoint(store, checkpoint_name) else _new_checkpoint(
-        checkpoint_name, checkpoint_dir, progress=progress)
+    existing = _existing_checkpoint(store, checkpoint_name)
+    hashed = None if existing else _new_checkpoint(checkpoint_name, checkpoint_dir,
+                                                   progress=progress)
     # Checkpoint, template and version in one transaction: a refused version (unknown pool,
     # template that does not fit, ...) leaves no checkpoint or template behind.
     try:
@@ -82,15 +83,14 @@ def register_model(
                 return store.get_version(model, version)
             except NotFound:
                 pass
-            checkpoint = _existing_checkpoint(store, checkpoint_name) or store.add_checkpoint(
-                hashed or _new_checkpoint(checkpoint_name, checkpoint_dir), actor=actor)
+            checkpoint = existing or store.add_checkpoint(hashed, actor=actor)
             return _add_version(store, entry, checkpoint, model=model, version=version,
                                 pool=pool, chat_format=chat_format,
                                 supports_infill=supports_infill, context_limit=context_limit,
                                 tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                                 actor=actor)
     except AlreadyExists:
-        # Someone registered the same version meanwhile (our transaction rolled back).
+        # Someone registered the same checkpoint or version meanwhile; ours rolled back.
         return store.get_version(model, version)
 
 

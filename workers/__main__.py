@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fleet_common.celery_app import make_celery_app
 from model_registry.database import open_engine
+from model_registry.records import ServedModel
 from model_registry.store import RegistryStore
 from workers.engine import EngineConfig, VllmEngine
 from workers.runtime import WorkerRuntime
@@ -34,6 +35,20 @@ def parse_overrides(argv: list[str] | None = None) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
+def engine_config(served: ServedModel, settings: WorkerSettings) -> EngineConfig:
+    """The engine for one model version: the registry's engine settings, this host's sizing."""
+    return EngineConfig(
+        checkpoint_dir=served.checkpoint_dir,
+        tensor_parallel_size=served.tensor_parallel_size,
+        max_model_len=served.context_limit,
+        dtype=served.dtype,
+        enforce_eager=settings.enforce_eager,
+        max_num_seqs=settings.max_num_seqs,
+        kv_cache_gib=settings.kv_cache_gib,
+        quantization=served.quantization or None,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = WorkerSettings(**parse_overrides(argv))  # type: ignore[arg-type]
     logging.basicConfig(level=settings.log_level,
@@ -51,16 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointCorrupted as exc:
         log.error("%s@%s: %s", served.model, served.version, exc)
         raise SystemExit(3) from exc
-    config = EngineConfig(
-        checkpoint_dir=served.checkpoint_dir,
-        tensor_parallel_size=served.tensor_parallel_size,
-        max_model_len=served.context_limit,
-        dtype=served.dtype,
-        enforce_eager=settings.enforce_eager,
-        max_num_seqs=settings.max_num_seqs,
-        kv_cache_gib=settings.kv_cache_gib,
-        quantization=served.quantization or None,
-    )
+    config = engine_config(served, settings)
     runtime = WorkerRuntime(settings, served, lambda: VllmEngine(config))
     runtime.start()
     log.info(

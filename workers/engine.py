@@ -78,28 +78,33 @@ def finish_reason_of(vllm_reason: str | None, stop_reason: int | str | None) -> 
     return FinishReason.ERROR
 
 
+def engine_args(config: EngineConfig) -> Any:
+    """vLLM's AsyncEngineArgs for `config` (vLLM reads the rest from the checkpoint)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=config.checkpoint_dir,
+        tokenizer=config.checkpoint_dir,
+        tensor_parallel_size=config.tensor_parallel_size,
+        max_model_len=config.max_model_len,
+        dtype=config.dtype,
+        enforce_eager=config.enforce_eager,
+        seed=config.seed,
+        disable_log_stats=True,
+        quantization=config.quantization,
+        **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}),
+    )
+
+
 class VllmEngine:
     """vLLM's AsyncLLM, created inside the event loop that will drive it."""
 
     def __init__(self, config: EngineConfig) -> None:
         if config.kv_cache_gib is not None:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=config.checkpoint_dir,
-            tokenizer=config.checkpoint_dir,
-            tensor_parallel_size=config.tensor_parallel_size,
-            max_model_len=config.max_model_len,
-            dtype=config.dtype,
-            enforce_eager=config.enforce_eager,
-            seed=config.seed,
-            disable_log_stats=True,
-            quantization=config.quantization,
-            **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}),
-        )
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = AsyncLLM.from_engine_args(engine_args(config))
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[list[ChoiceUpdate]]:
         from vllm import SamplingParams

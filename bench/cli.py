@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -174,6 +175,14 @@ class Child:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def reproduce_command(argv: list[str], screen_prompts: bool) -> str:
+    """The command line of this run, quoted for a shell. Screening is always spelled out: its
+    default changed (on until 2026-12-01), and a report must say how to get the same prompts."""
+    if not any(arg in ("--screen-prompts", "--no-screen-prompts") for arg in argv):
+        argv = [*argv, "--screen-prompts" if screen_prompts else "--no-screen-prompts"]
+    return shlex.join(["python", "-m", "bench", *argv])
 
 
 # ------------------------------------------------------------------------------------------
@@ -541,7 +550,7 @@ def run(settings: BenchSettings) -> Path:
                     "example_prompt": prompts[0].text[:200]}
         timing = {"started_at": started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
                   "wall_s": time.monotonic() - t0, "run_dir": str(run_dir),
-                  "command": " ".join(["python -m bench"] + sys.argv[1:])}
+                  "command": reproduce_command(sys.argv[1:], settings.screen_prompts)}
         results = assemble(settings, raw, machine, workload, timing)
         (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         _write_records(raw, run_dir / "records.json.gz")

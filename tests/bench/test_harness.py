@@ -9,6 +9,7 @@ ratios are those of the same run's metrics, and the report and plots were writte
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,10 @@ def test_report_and_plots_are_written(run_dir: Path, results: dict[str, Any]) ->
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert f"]({png})" in report
     assert results["machine"]["logical_cpus"] >= 1 and results["machine"]["date_utc"]
+    # The report's reproduce command is a shell line that pins prompt screening.
+    command = shlex.split(results["command"])
+    assert command[:4] == ["python", "-m", "bench", "run"] and command[-1] == "--no-screen-prompts"
+    assert f"Reproduce: `{results['command']}`" in report
     # re-rendering from results.json gives the same report
     subprocess.run([sys.executable, "-m", "bench", "report", str(run_dir)], cwd=REPO,
                    check=True, capture_output=True, timeout=120)

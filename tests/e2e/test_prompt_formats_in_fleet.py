@@ -3,6 +3,11 @@ middle; the 70B chat stops at <step>; <FILL_ME> completions are infills."""
 
 from __future__ import annotations
 
+import shutil
+import time
+from pathlib import Path
+
+import grpc
 import pytest
 
 from codellama.fleet.v1 import generation_pb2 as pb
@@ -10,6 +15,7 @@ from codellama.fleet.v1 import inference_service_pb2 as api
 from gateway.prompts import PromptBuilder
 from tests.e2e.conftest import CHAT_7B, CHAT_70B, References, reference_cases
 from tests.e2e.fleet_harness import Fleet
+from tests.support.codellama_tokenizer import build_sentencepiece_model
 
 pytestmark = pytest.mark.e2e
 END = pb.FINISH_REASON_END_OF_SEQUENCE
@@ -97,3 +103,34 @@ def test_ignore_eos_also_ignores_the_formats_end_token(references: References,
     assert len(choice.token_ids) == max_tokens
     assert choice.finish_reason == pb.FINISH_REASON_LENGTH
     assert response.timings.time_to_first_token_ms <= response.timings.total_ms
+
+
+def test_user_code_spelling_format_pieces_stays_text_in_the_gateway(
+        fleet: Fleet, tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """A model whose tokenizer lets BPE build `▁<PRE>` etc. from text: the gateway still sends
+    the infill layout's special ids only where the layout puts them."""
+    checkpoint = tmp_path / "reachable"
+    shutil.copytree(tiny_checkpoints["infill"], checkpoint)
+    build_sentencepiece_model("infill", checkpoint, reachable=True)
+    fleet.register("tiny-bpe-reachable", checkpoint, variant="codellama-7b",
+                   context_limit=2048)
+    prefix, suffix = "s = ' <SUF> <MID>'\nif a <PRE> b:", " <EOT> pass\n"
+    request = api.PreviewPromptRequest(model="tiny-bpe-reachable",
+                                       infill=api.InfillInput(prefix=prefix, suffix=suffix))
+    deadline = time.monotonic() + 10
+    while True:  # until the gateway's registry refresh has seen the new model
+        try:
+            preview = fleet.stub().PreviewPrompt(request, timeout=10)
+            break
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    ids = list(preview.token_ids)
+    pre, suf, mid, eot = 32007, 32008, 32009, 32010
+    suf_at = ids.index(suf)
+    assert [(i, t) for i, t in enumerate(ids) if t in {1, pre, suf, mid, eot}] == [
+        (0, 1), (1, pre), (suf_at, suf), (len(ids) - 1, mid)]
+    tokenizer = _tokenizer(fleet, "tiny-bpe-reachable")
+    assert tokenizer.decode(ids[2:suf_at]) == prefix
+    assert tokenizer.decode_infill(ids[suf_at + 1:-1]) == suffix

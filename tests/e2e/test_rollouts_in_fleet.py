@@ -114,3 +114,25 @@ def test_worker_refuses_a_corrupted_checkpoint_and_never_becomes_ready(
     assert "engine ready" not in log
     client = redis.Redis.from_url(fleet.redis_url)
     assert client.zscore(live_workers(served.queue), "w-corrupt") is None
+
+
+def test_worker_refuses_a_checkpoint_without_checksums(
+        fleet: Fleet, tiny_checkpoints: dict[str, Path]) -> None:
+    """As left by the migration from the first schema: a checkpoint row with no file rows."""
+    from sqlalchemy import delete, select
+
+    from model_registry.schema import Checkpoint, CheckpointFileRow
+
+    served = fleet.register("tiny-unrecorded", tiny_checkpoints["infill"],
+                            variant="codellama-7b", context_limit=CONTEXT_LIMIT)
+    with fleet.store.transaction() as session:
+        checkpoint_id = session.scalar(select(Checkpoint.id).where(
+            Checkpoint.name == served.checkpoint))
+        session.execute(delete(CheckpointFileRow).where(
+            CheckpointFileRow.checkpoint_id == checkpoint_id))
+
+    refused = fleet.spawn_worker("w-unrecorded", "tiny-unrecorded")
+    assert refused.process.wait(timeout=120) == 3
+    assert "no file sizes or sha256" in refused.log_tail(), refused.log_tail()
+    assert not redis.Redis.from_url(fleet.redis_url).zscore(live_workers(served.queue),
+                                                            "w-unrecorded")

@@ -9,36 +9,25 @@ yield a format id, and must still decode to itself.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import sentencepiece as spm
 from hypothesis import given
-from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from prompting import InfillOrder, build_infill_prompt, catalog_entry
 from prompting.sp_tokenizer import SentencePiecePromptTokenizer
 from prompting.tokenizer import PromptTokenizer
 from tests.prompting.test_properties import FAST, seen, texts
-from tests.support.codellama_tokenizer import build_model_proto
+from tests.support.codellama_tokenizer import build_sentencepiece_model
 
 BOS, PRE, SUF, MID, EOT, STEP = 1, 32007, 32008, 32009, 32010, 32015
 FORMAT_IDS = {PRE, SUF, MID, EOT, STEP}
 
 
-def _reachable_model(layout: str, dest: Path) -> Path:
-    proto = build_model_proto(layout)
-    for piece in proto.pieces[32000:]:
-        piece.type = model_pb2.ModelProto.SentencePiece.NORMAL
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "tokenizer.model").write_bytes(proto.SerializeToString())
-    return dest / "tokenizer.model"
-
-
 @pytest.fixture(scope="module", params=["infill", "70b"])
 def reachable(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[spm.SentencePieceProcessor, PromptTokenizer]:
-    path = _reachable_model(request.param, tmp_path_factory.mktemp(request.param))
+    path = build_sentencepiece_model(request.param, tmp_path_factory.mktemp(request.param),
+                                     reachable=True)
     return (spm.SentencePieceProcessor(model_file=str(path)),
             SentencePiecePromptTokenizer(path))
 

@@ -63,8 +63,10 @@ def appended_pieces(layout: str) -> tuple[str, ...]:
     return (*_SHARED_APPENDED, _LAST_APPENDED[layout])
 
 
-def build_model_proto(layout: str) -> model_pb2.ModelProto:
-    """The SentencePiece model for `layout`, as a protobuf message."""
+def build_model_proto(layout: str, *, reachable: bool = False) -> model_pb2.ModelProto:
+    """The SentencePiece model for `layout`, as a protobuf message. `reachable`: the appended
+    pieces are NORMAL, so BPE builds them from text (" <PRE>" -> `▁<PRE>`), as it may in a
+    real Code Llama tokenizer that ships their partial merges."""
     _check_layout(layout)
     proto = model_pb2.ModelProto()
     proto.ParseFromString(FIXTURE.read_bytes())
@@ -72,19 +74,19 @@ def build_model_proto(layout: str) -> model_pb2.ModelProto:
         new = proto.pieces.add()
         new.piece = piece
         new.score = 0.0
-        new.type = _CONTROL
+        new.type = _NORMAL if reachable else _CONTROL
     proto.trainer_spec.vocab_size = len(proto.pieces)
     if layout == "70b":
         proto.normalizer_spec.add_dummy_prefix = False
     return proto
 
 
-def build_sentencepiece_model(layout: str, dest: Path) -> Path:
+def build_sentencepiece_model(layout: str, dest: Path, *, reachable: bool = False) -> Path:
     """Write `dest/tokenizer.model` for `layout` ("infill", "70b" or "plain"); return its path."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / "tokenizer.model"
-    path.write_bytes(build_model_proto(layout).SerializeToString())
+    path.write_bytes(build_model_proto(layout, reachable=reachable).SerializeToString())
     return path
 
 

@@ -92,3 +92,27 @@ async def test_a_feed_hears_its_deadline_and_redis_failures(redis_url: str) -> N
     failing.close(doomed)
     await failing.aclose()
     await redis.aclose()
+
+
+async def test_close_ends_a_read_that_ignores_its_cancel(redis_url: str) -> None:
+    """A reader stuck in a blocking read that swallows cancels (as redis-py can) is stopped by
+    disconnecting its connection, so closing the gateway never hangs."""
+    redis = Redis.from_url(redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
+    feeds = ResultFeeds(redis, block_ms=500)
+    reads_ended_by: list[str] = []
+
+    async def stubborn_reader() -> None:
+        while True:
+            try:
+                await redis.xread({"test:never-written": "$"}, block=0)  # blocks for ever
+            except asyncio.CancelledError:
+                continue  # swallowed, as the redis-py bug does
+            except (RedisConnectionError, OSError) as exc:
+                reads_ended_by.append(type(exc).__name__)
+                return
+
+    feeds._reader = asyncio.create_task(stubborn_reader())  # noqa: SLF001
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(feeds.aclose(), 10)
+    assert feeds._reader.done() and reads_ended_by, reads_ended_by  # noqa: SLF001
+    await redis.aclose()

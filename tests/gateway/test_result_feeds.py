@@ -111,8 +111,8 @@ async def test_close_ends_a_read_that_ignores_its_cancel(redis_url: str) -> None
                 reads_ended_by.append(type(exc).__name__)
                 return
 
-    feeds._reader = asyncio.create_task(stubborn_reader())  # noqa: SLF001
+    feeds._reader = asyncio.create_task(stubborn_reader())
     await asyncio.sleep(0.2)
     await asyncio.wait_for(feeds.aclose(), 10)
-    assert feeds._reader.done() and reads_ended_by, reads_ended_by  # noqa: SLF001
+    assert feeds._reader.done() and reads_ended_by, reads_ended_by
     await redis.aclose()

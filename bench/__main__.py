@@ -22,10 +22,14 @@ from pathlib import Path
 
 from bench.settings import (
     BACKENDS,
+    DEFAULT_BACKENDS,
     AdmissionSettings,
     BenchSettings,
     EngineSettings,
+    FairnessSettings,
+    OverloadSettings,
     Slo,
+    SmgSettings,
     WorkloadSettings,
     default_phases,
 )
@@ -93,13 +97,81 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--request-timeout-s", type=float, default=600.0)
 
     what = run.add_argument_group("what to run and where results go")
-    what.add_argument("--backends", type=_names, default=BACKENDS,
+    what.add_argument("--backends", type=_names, default=DEFAULT_BACKENDS,
                       help=f"comma-separated subset of {','.join(BACKENDS)}")
+    what.add_argument("--repeat", type=int, default=1,
+                      help="passes for the spread of the ratios: the first runs every phase, "
+                           "each further one reruns the c=1 and c=32 phases (lowest and "
+                           "highest --concurrency) on every backend, in reversed order every "
+                           "other pass; 3 or more for a spread worth reading")
+    peers = run.add_argument_group(
+        "SMG peers (vllm-grpc: vLLM's gRPC servicer; smg: the SMG router in front of it)")
+    peers.add_argument("--smg-servicer-impl", choices=("python", "rust"), default="python",
+                       help="SMG_VLLM_SERVICER_IMPL of the servicer: its Python request path "
+                            "or its Rust one (needs the smg wheel)")
+    peers.add_argument("--smg-policy", default=None,
+                       help="the router's --policy (default: the router's own, cache_aware)")
+    peers.add_argument("--smg-input", choices=("auto", "text", "ids"), default="auto",
+                       help="prompts to the router as text (it tokenizes), as token ids, or "
+                            "text when its tokenizer gives exactly the workload's ids")
     what.add_argument("--goodput-ttft-ms", type=float, default=1000.0)
     what.add_argument("--goodput-tpot-ms", type=float, default=100.0)
     what.add_argument("--admission-requests", type=int, default=3000,
                       help="gateway-alone requests per measurement (0: skip)")
     what.add_argument("--admission-concurrency", type=int, default=64)
+    over = run.add_argument_group(
+        "overload (the fleet past its capacity: admission control and goodput)")
+    over.add_argument("--overload", action="store_true",
+                      help="after the rest, run one worker at its capacity, then at "
+                           "--overload-factor x that load, with deadlines")
+    over.add_argument("--overload-capacity", type=int, default=8,
+                      help="the worker's FLEET_CONCURRENCY, i.e. its published capacity")
+    over.add_argument("--overload-factor", type=float, default=4.0,
+                      help="offered load of the overload phase, x the capacity phase's rate")
+    over.add_argument("--overload-seconds", type=float, default=30.0,
+                      help="measured window of each phase")
+    over.add_argument("--overload-deadline-s", type=float, default=10.0)
+    over.add_argument("--overload-input-len", type=int, default=64)
+    over.add_argument("--overload-output-len", type=int, default=32)
+    over.add_argument("--overload-queue-factor", type=float, default=2.0,
+                      help="the gateway's FLEET_ADMISSION_QUEUE_FACTOR")
+    over.add_argument("--overload-baseline", action=argparse.BooleanOptionalAction,
+                      default=True, help="also offer the overload to a gateway with admission "
+                                         "control off (what the fleet did before it)")
+    fair = run.add_argument_group(
+        "fairness (two tenants on one worker: B's TTFT while A floods, A's share of the rest)")
+    fair.add_argument("--fairness", action="store_true",
+                      help="after the rest, run one worker of --fairness-capacity with tenant B "
+                           "alone, then B with tenant A sending --fairness-a-multiple x B's load")
+    fair.add_argument("--fairness-capacity", type=int, default=4,
+                      help="the worker's FLEET_CONCURRENCY = FLEET_MAX_NUM_SEQS = FLEET_CAPACITY")
+    fair.add_argument("--fairness-seconds", type=float, default=30.0,
+                      help="measured window of each phase")
+    fair.add_argument("--fairness-probe-seconds", type=float, default=15.0,
+                      help="window of the closed-loop capacity probe")
+    fair.add_argument("--fairness-b-rate", type=float, default=0.0,
+                      help="B's Poisson rate in req/s (0: --fairness-b-share x the probe's rate)")
+    fair.add_argument("--fairness-b-share", type=float, default=1 / 3,
+                      help="B's rate as a share of the rate the capacity probe completed")
+    fair.add_argument("--fairness-a-multiple", type=float, default=10.0,
+                      help="A's Poisson rate, x B's")
+    fair.add_argument("--fairness-deadline-s", type=float, default=10.0)
+    fair.add_argument("--fairness-input-len", type=int, default=64)
+    fair.add_argument("--fairness-output-len", type=int, default=32)
+    fair.add_argument("--fairness-queue-factor", type=float, default=2.0,
+                      help="the gateway's FLEET_ADMISSION_QUEUE_FACTOR")
+    fair.add_argument("--fairness-a-max-concurrent", type=int, default=None,
+                      help="tenant A's max_concurrent quota in its registry policy (default: "
+                           "--fairness-capacity - 1; 0: no quota); B has none")
+    fair.add_argument("--fairness-no-admission", action=argparse.BooleanOptionalAction,
+                      default=True, help="also offer B + A's flood to a second gateway with "
+                                         "admission control off (the fair lines alone)")
+    fair.add_argument("--fairness-fifo", action=argparse.BooleanOptionalAction, default=False,
+                      help="also run the control: A and B both send the probe tenant's key (no "
+                           "quota), so both wait in one first-come-first-served line (what B "
+                           "gets without fair share)")
+    fair.add_argument("--fairness-a-alone", action=argparse.BooleanOptionalAction,
+                      default=False, help="also run A alone at its flood rate")
     what.add_argument("--profile", action="store_true",
                       help="py-spy on gateway and worker during an extra, unmeasured repeat "
                            "of the highest-concurrency closed phase")
@@ -133,7 +205,7 @@ def model_name_of(path: Path) -> str:
 
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.demo:
-        from model_registry.demo_model import prepare_demo_model
+        from demo.smollm2 import prepare_demo_model
 
         model_dir = prepare_demo_model(DEMO_DIR, DOWNLOAD_DIR,
                                        progress=not args.no_progress).resolve()
@@ -159,6 +231,24 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
             inprocess_requests=args.admission_requests,
             inprocess_concurrency=args.admission_concurrency,
             max_tokens=args.output_len),
+        overload=OverloadSettings(
+            capacity=args.overload_capacity, factor=args.overload_factor,
+            seconds=args.overload_seconds, deadline_s=args.overload_deadline_s,
+            input_len=args.overload_input_len, output_len=args.overload_output_len,
+            queue_factor=args.overload_queue_factor,
+            baseline=args.overload_baseline) if args.overload else None,
+        fairness=FairnessSettings(
+            capacity=args.fairness_capacity, seconds=args.fairness_seconds,
+            probe_seconds=args.fairness_probe_seconds, b_rate=args.fairness_b_rate,
+            b_share=args.fairness_b_share, a_multiple=args.fairness_a_multiple,
+            deadline_s=args.fairness_deadline_s, input_len=args.fairness_input_len,
+            output_len=args.fairness_output_len, queue_factor=args.fairness_queue_factor,
+            a_max_concurrent=args.fairness_a_max_concurrent,
+            no_admission=args.fairness_no_admission, fifo=args.fairness_fifo,
+            a_alone=args.fairness_a_alone) if args.fairness else None,
+        smg=SmgSettings(servicer_impl=args.smg_servicer_impl, policy=args.smg_policy,
+                        input_mode=args.smg_input),
+        repeat=args.repeat,
         profile=args.profile,
         out_dir=args.out_dir,
         publish_dir=args.publish,
@@ -182,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cli import publish
 
         results = json.loads((args.run_dir / "results.json").read_text())
-        plots.render_all(results, args.run_dir)
+        if results["backends"]:
+            plots.render_all(results, args.run_dir)
         print(report.write(results, args.run_dir))
         if args.publish:
             publish(args.run_dir, args.publish)

@@ -12,12 +12,15 @@ Two measurements, both with the benchmark's prompts (so tokenization is realisti
   call, which also costs the gateway a little (the stream read it had started, and a cancel
   SET + PUBLISH). Requests per second are also divided by the gateway process's CPU seconds
   (from /proc) over the same window: "per core", whatever the client costs on a shared box.
-- ``inprocess``: the gateway's own objects (settings, registry view, prompt builder, Celery
-  dispatcher), wired as gateway/server.py wires them, and `InferenceServicer._admit` awaited
-  directly, many at a time, in this process: admission without gRPC. CPU is this process's
-  (all threads, the Celery publisher pool included). Alongside, the synchronous parts are
-  timed one at a time: validation + prompt build (tokenization) and one task publish
-  (the Celery message built by fleet_common.task_message, LPUSHed on the queue).
+- ``inprocess``: the gateway's own objects (settings, registry view, prompt builder with its
+  tokenizers preloaded, Celery dispatcher), wired as gateway/server.py wires them, and
+  `InferenceServicer.admit` awaited directly, many at a time, in this process: admission
+  without gRPC. CPU is this process's (all threads, the prompt-build and publisher threads
+  included). The admitted requests are released after the measured window. Alongside, the
+  synchronous parts are timed one at a time: validation + prompt build (tokenization) and
+  one task publish (the Celery message built by fleet_common.task_message, LPUSHed on the
+  queue). A plan's optional `inline_max_chars` overrides the prompt builder's threshold for
+  building off the event loop (0: every prompt in a thread).
 
 With `profile` in the plan, each measurement is followed by an unmeasured repeat during which
 the orchestrator samples the gateway (gRPC) or this process (in-process) with py-spy.
@@ -27,18 +30,14 @@ the orchestrator samples the gateway (gRPC) or this process (in-process) with py
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from bench.cpu import process_cpu_s
 from bench.metrics import distribution_ms
-from bench.runner import Events
+from bench.runner import Events, run_plan_process
 
 FAKE_WORKER = "bench-fake-worker"
 
@@ -166,7 +165,8 @@ class _Context:
         return ()
 
 
-def _wire_gateway(registry_url: str, redis_url: str) -> dict[str, Any]:
+async def _wire_gateway(registry_url: str, redis_url: str, inline_max_chars: int | None = None
+                        ) -> dict[str, Any]:
     """The gateway's objects, as gateway/server.py `serve` builds them."""
     from redis.asyncio import Redis
 
@@ -176,17 +176,18 @@ def _wire_gateway(registry_url: str, redis_url: str) -> dict[str, Any]:
     from gateway.prompts import PromptBuilder
     from gateway.servicer import InferenceServicer
     from gateway.settings import GatewaySettings
-    from model_registry.database import open_engine
-    from model_registry.store import RegistryStore
+    from model_registry.reader import open_registry_reader
 
     settings = GatewaySettings(registry_url=registry_url, redis_url=redis_url)
-    models = ModelDirectory(RegistryStore(open_engine(settings.registry_url)),
+    models = ModelDirectory(open_registry_reader(settings.registry_url),
                             settings.registry_refresh_s)
     models.load()
     redis = Redis.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
                            socket_timeout=settings.redis_socket_timeout_s)
     dispatcher = Dispatcher(redis, worker_liveness_s=settings.worker_liveness_s)
-    prompts = PromptBuilder(settings.limits)
+    options = {} if inline_max_chars is None else {"inline_max_chars": inline_max_chars}
+    prompts = PromptBuilder(settings.limits, **options)
+    await prompts.preload(models.all_served())
     servicer = InferenceServicer(settings, models, prompts, dispatcher,
                                  Authenticator(settings.api_keys))
     return {"settings": settings, "models": models, "redis": redis,
@@ -210,7 +211,8 @@ async def inprocess_admission(plan: dict[str, Any], events: Events) -> dict[str,
 
     texts = plan["texts"]
     total, concurrency = int(plan["inprocess_requests"]), int(plan["inprocess_concurrency"])
-    gw = _wire_gateway(plan["registry_url"], plan["redis_url"])
+    gw = await _wire_gateway(plan["registry_url"], plan["redis_url"],
+                             plan.get("inline_max_chars"))
     servicer, prompts, settings = gw["servicer"], gw["prompts"], gw["settings"]
     served = gw["models"].resolve(plan["model_name"])
     sampling = pb.SamplingParams(max_tokens=int(plan["max_tokens"]), temperature=0.0,
@@ -218,22 +220,30 @@ async def inprocess_admission(plan: dict[str, Any], events: Events) -> dict[str,
     requests = [api.StreamCompleteRequest(model=plan["model_name"], prompt=t, sampling=sampling)
                 for t in texts]
     context = _Context(30.0)
+    admitted_runs: list[Any] = []
 
     async def admit(i: int) -> None:
         request = requests[i % len(requests)]
-        admitted = await servicer._admit(PromptInput.completion(request), request, context)
-        gw["dispatcher"].release(admitted.feed)
+        admitted_runs.append(await servicer.admit(PromptInput.completion(request), request,
+                                                  context))
+
+    async def release_admitted() -> None:
+        while admitted_runs:
+            await gw["dispatcher"].finish(admitted_runs.pop().run)
 
     await _drive(min(200, total), min(concurrency, 32), admit, events, "admission-inprocess-warmup")
+    await release_admitted()
     _queue_length(plan["redis_url"], plan["queue"], clear=True)
     events.emit("phase_start", phase="admission-inprocess", total=total, measured=True)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     latencies, failures = await _drive(total, concurrency, admit, events, "admission-inprocess")
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     events.emit("phase_end", phase="admission-inprocess", duration_s=wall, failed=failures)
+    await release_admitted()
     admitted = len(latencies)
     enqueued = _queue_length(plan["redis_url"], plan["queue"], clear=True)
     await _profile_pass(plan, events, "admission-inprocess-profile", total, concurrency, admit)
+    await release_admitted()
 
     # The synchronous pieces, one call at a time.
     n = min(total, 1000)
@@ -288,22 +298,7 @@ async def run(plan: dict[str, Any], events: Events) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.admission")
-    parser.add_argument("plan", type=Path)
-    parser.add_argument("--events-fd", type=int, default=None)
-    args = parser.parse_args(argv)
-    plan = json.loads(args.plan.read_text())
-    events = Events(os.fdopen(args.events_fd, "w", buffering=1)
-                    if args.events_fd is not None else None)
-    try:
-        out = asyncio.run(run(plan, events))
-    except BaseException as exc:
-        events.emit("error", message=f"{type(exc).__name__}: {exc}",
-                    traceback=traceback.format_exc())
-        raise
-    Path(plan["out"]).write_text(json.dumps(out, indent=1))
-    events.emit("done")
-    return 0
+    return run_plan_process("python -m bench.admission", run, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """The orchestrator behind `python -m bench run`: one backend at a time, then the gateway alone.
 
 For each backend it starts what the backend needs (nothing for vLLM alone, the OpenAI server,
-or Redis + worker + gateway), runs the client process (`bench.runner`) with the same prompts
-in the same phases, follows its events (progress display, per-process CPU time per phase,
-py-spy during the profiling phase), and stops everything before the next backend starts, so
-backends never compete for the machine. Then it writes the results, report and plots.
+vLLM's gRPC servicer, the servicer and the SMG router, or Redis + worker + gateway), runs the
+client process (`bench.runner`) with the same prompts in the same phases, follows its events
+(progress display, per-process CPU time per phase, py-spy during the profiling phase), and
+stops everything before the next backend starts, so backends never compete for the machine.
+With `--repeat N`, N - 1 further passes rerun the c=1 and c=32 phases on every backend
+(reversed order every other pass), for the spread of the ratios. An optional backend
+(vllm-grpc, smg) whose packages are missing or that fails is recorded with the reason, and the
+run goes on. Then it writes the results, report and plots.
 """
 
 from __future__ import annotations
@@ -14,27 +18,29 @@ import gzip
 import json
 import os
 import queue
-import shutil
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import cpu
 from bench.backends.fleet import FleetDeployment, create_registry, gateway_env
+from bench.backends.vllm_grpc import launch_servicer, servicer_command, servicer_env
 from bench.backends.vllm_server import launch_server
 from bench.machine import describe
 from bench.profiling import PySpy, summarize
 from bench.results import assemble
-from bench.settings import BenchSettings, Phase
+from bench.settings import OPTIONAL_BACKENDS, BenchSettings, Phase
 from bench.ui import ProgressUI
 from bench.workload import Prompt, fingerprint, make_prompts, stop_ids
+from fleet_cli.processes import free_port, spawn, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = ("report.md", "results.json")
@@ -42,6 +48,21 @@ PUBLISHED = ("report.md", "results.json")
 
 class BenchError(RuntimeError):
     pass
+
+
+class BackendFailure(RuntimeError):
+    """An optional backend could not run; `info` is what the report shows about it."""
+
+    def __init__(self, backend: str, error: BaseException, raw: dict[str, Any]) -> None:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        summary = f"{type(error).__name__}: {lines[0] if lines else ''}"
+        if len(lines) > 1:
+            summary += f" ... last log line: {lines[-1]}"
+        super().__init__(f"{backend}: {summary}")
+        self.backend = backend
+        self.info = {"stage": "failed", "error": f"{type(error).__name__}: {error}"[-6000:],
+                     "commands": raw.get("commands", {}),
+                     "logs": raw.get("logs", {})}
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,9 +104,14 @@ def assign_prompts(settings: BenchSettings, extra: Phase | None) -> dict[str, li
 
 def runner_plan(settings: BenchSettings, backend: str, target: dict[str, Any],
                 prompts: list[Prompt], slices: dict[str, list[int]], extra: Phase | None,
-                out: Path, components: list[dict[str, Any]]) -> dict[str, Any]:
+                out: Path, components: list[dict[str, Any]],
+                only: tuple[Phase, ...] | None = None) -> dict[str, Any]:
+    """The runner's plan; `only` restricts it to some phases (a repeat pass), with the same
+    prompts and seeds as in the first pass."""
     phases = []
     for i, phase in enumerate(settings.phases):
+        if only is not None and phase not in only:
+            continue
         phases.append({"name": phase.name, "kind": phase.kind, "concurrency": phase.concurrency,
                        "rate": phase.rate, "num_requests": phase.num_requests,
                        "seed": settings.workload.seed * 1000 + i,
@@ -201,17 +227,56 @@ def _engine(pid: int) -> dict[str, cpu.Component]:
                                             names=MODEL_WORKERS)}
 
 
-def _components(backend: str, client_pid: int, pids: dict[str, int]) -> dict[str, cpu.Component]:
+def cpu_components(backend: str, client_pid: int, pids: dict[str, int]) -> dict[str, cpu.Component]:
     if backend == "vllm":
         return {"client + engine front end": cpu.Component(client_pid), **_engine(client_pid)}
     if backend == "vllm-server":
         return {"client": cpu.Component(client_pid),
                 "api server": cpu.Component(pids["server"]), **_engine(pids["server"])}
-    return {"client": cpu.Component(client_pid),
+    if backend in ("vllm-grpc", "smg"):
+        router = {"smg router": cpu.Component(pids["router"])} if "router" in pids else {}
+        return {"client": cpu.Component(client_pid), **router,
+                "grpc servicer": cpu.Component(pids["servicer"]), **_engine(pids["servicer"])}
+    sink = {"otlp sink": cpu.Component(pids["otlp sink"])} if "otlp sink" in pids else {}
+    return {"client": cpu.Component(client_pid), **sink,
             "gateway": cpu.Component(pids["gateway"]),
             "worker (Celery + engine front end)": cpu.Component(pids["worker"]),
             **_engine(pids["worker"]),
             "redis": cpu.Component(pids["redis"])}
+
+
+def follow_client(label: str, child: Child, components: dict[str, cpu.Component],
+                  ui: ProgressUI, raw: dict[str, Any], out: Path) -> None:
+    """Follows a phase client's events (progress, per-phase CPU of `components` into
+    raw["cpu_s"]) until it ends, then reads its records from `out` into raw["runner"]."""
+    before: dict[str, float] = {}
+    for event in child.events():
+        kind = event["event"]
+        if kind == "phase_start":
+            before = cpu.snapshot(components)
+            ui.phase_start(label, event["phase"], event["total"], event["measured"])
+        elif kind == "phase_end":
+            raw["cpu_s"][event["phase"]] = cpu.others(
+                cpu.difference(cpu.snapshot(components), before))
+            ui.phase_end(label, event["phase"],
+                         f"{event['duration_s']:.1f} s, {event['failed']} not OK",
+                         event["phase"] != f"{label}-warmup")
+        elif kind == "error":
+            ui.log(f"[red]{label} client failed: {event['message']}")
+    child.finish()
+    raw["runner"] = json.loads(out.read_text())
+
+
+def start_otlp_sink(log_dir: Path) -> tuple[Any, dict[str, str]]:
+    """The span sink (`bench.otlp_sink`) and the OTEL_* settings that export to it."""
+    port_file = log_dir / f"otlp-sink-{os.getpid()}.port"
+    port_file.unlink(missing_ok=True)
+    sink = spawn("otlp-sink", [sys.executable, "-m", "bench.otlp_sink", "--port-file",
+                               str(port_file), "--count-file", str(log_dir / "otlp-spans.txt")],
+                 log_dir)
+    wait_until(port_file.exists, 30, "the OTLP sink's port", sink)
+    return sink, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port_file.read_text()}",
+                  "OTEL_EXPORTER_OTLP_INSECURE": "true"}
 
 
 def wait_for_idle(settings: BenchSettings, ui: ProgressUI, what: str) -> dict[str, float]:
@@ -308,18 +373,55 @@ def make_workload(settings: BenchSettings, extra: Phase | None, run_dir: Path, u
 
 def run_backend(backend: str, settings: BenchSettings, prompts: list[Prompt],
                 slices: dict[str, list[int]], extra: Phase | None, run_dir: Path,
-                ui: ProgressUI) -> dict[str, Any]:
+                ui: ProgressUI, only: tuple[Phase, ...] | None = None) -> dict[str, Any]:
+    """One backend, started, measured and stopped; `only` restricts the phases (a repeat
+    pass, which runs in its own directory). An optional backend that fails raises
+    BackendFailure with what the report needs to say why."""
     engine = settings.engine
     idle = wait_for_idle(settings, ui, backend)
     started = time.monotonic()
     server: Any = None
+    servicer: Any = None
+    router: Any = None
+    otlp_sink: Any = None
     deployment: FleetDeployment | None = None
     pids: dict[str, int] = {}
     child: Child | None = None
-    raw: dict[str, Any] = {"cpu_s": {}, "startup_s": {}, "machine_before": idle}
+    raw: dict[str, Any] = {"cpu_s": {}, "startup_s": {}, "machine_before": idle,
+                           "commands": {}, "logs": {}}
     profilers: dict[str, PySpy] = {}
     try:
-        if backend == "vllm":
+        if backend in ("vllm-grpc", "smg"):
+            from bench.backends.smg_router import launch_router, router_command
+
+            ui.step(f"{backend}: starting vLLM's gRPC servicer (engine load, its warm-up)")
+            port = free_port()
+            env = servicer_env(engine, settings.smg.servicer_impl)
+            raw["commands"]["servicer"] = " ".join(
+                [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+                + [shlex.join(servicer_command(engine, port))])
+            raw["logs"]["servicer"] = str(run_dir / "logs" / f"{backend}-servicer.log")
+            servicer = launch_servicer(engine, run_dir / "logs", settings.smg.servicer_impl,
+                                       port, name=f"{backend}-servicer").process
+            pids["servicer"] = servicer.process.pid
+            target = {"target": f"127.0.0.1:{port}",
+                      "request_timeout_s": settings.request_timeout_s}
+            if backend == "smg":
+                ui.step("smg: starting the SMG router in front of the servicer")
+                raw["logs"]["router"] = str(run_dir / "logs" / "smg-router.log")
+                ports = (free_port(), free_port())
+                raw["commands"]["router"] = shlex.join(router_command(
+                    f"127.0.0.1:{port}", engine.model_dir, *ports, settings.fleet_log_level,
+                    settings.smg.policy))
+                launched = launch_router(f"127.0.0.1:{port}", engine.model_dir,
+                                         run_dir / "logs", engine.startup_timeout_s,
+                                         settings.fleet_log_level, settings.smg.policy, ports)
+                router = launched.process
+                pids["router"] = router.process.pid
+                target = {"base_url": launched.base_url, "model_name": engine.model_name,
+                          "input_mode": settings.smg.input_mode,
+                          "request_timeout_s": settings.request_timeout_s}
+        elif backend == "vllm":
             target = _vllm_target(settings)
             ui.step("vLLM alone: starting the client process and its engine")
         elif backend == "vllm-server":
@@ -329,19 +431,27 @@ def run_backend(backend: str, settings: BenchSettings, prompts: list[Prompt],
             target = {"base_url": base, "model_name": engine.model_name,
                       "request_timeout_s": settings.request_timeout_s}
         else:
+            tracing_env: dict[str, str] = {}
+            if backend == "fleet-traced":
+                ui.step("fleet-traced: starting the OTLP sink its spans are exported to")
+                otlp_sink, tracing_env = start_otlp_sink(run_dir / "logs")
+                pids["otlp sink"] = otlp_sink.process.pid
             deployment = FleetDeployment.start(engine, run_dir, settings.fleet_log_level,
-                                               on_step=lambda m: ui.step(f"fleet: {m}"))
+                                               on_step=lambda m: ui.step(f"{backend}: {m}"),
+                                               worker_env=tracing_env or None,
+                                               gateway_extra_env=tracing_env or None)
             pids.update(deployment.pids())
             target = {"target": deployment.target, "model_name": engine.model_name,
                       "request_timeout_s": settings.request_timeout_s}
         raw["startup_s"]["infrastructure"] = time.monotonic() - started
-        ours = [{"name": name, "pid": pid, "children": name in ("server", "worker")}
+        ours = [{"name": name, "pid": pid, "children": name in ("server", "worker", "servicer")}
                 for name, pid in pids.items()]
-        plan = runner_plan(settings, backend, target, prompts, slices, extra,
-                           run_dir / f"records-{backend}.json", ours)
+        plan = runner_plan(settings, backend, target, prompts, slices,
+                           extra if only is None else None,
+                           run_dir / f"records-{backend}.json", ours, only)
         env = engine.env() if backend == "vllm" else {}
         child = Child("bench.runner", plan, run_dir, backend, env)
-        components = _components(backend, child.pid, pids)
+        components = cpu_components(backend, child.pid, pids)
         raw["components"] = {name: {"pid": c.pid, "children": c.children}
                              for name, c in components.items()}
         before: dict[str, float] = {}
@@ -380,9 +490,11 @@ def run_backend(backend: str, settings: BenchSettings, prompts: list[Prompt],
         child.finish()
         raw["runner"] = json.loads(Path(plan["out"]).read_text())
         return raw
-    except BaseException:
+    except BaseException as exc:
         if child is not None:
             child.kill()
+        if backend in OPTIONAL_BACKENDS and isinstance(exc, Exception):
+            raise BackendFailure(backend, exc, raw) from exc
         raise
     finally:
         for profiler in profilers.values():
@@ -390,8 +502,17 @@ def run_backend(backend: str, settings: BenchSettings, prompts: list[Prompt],
         ui.step(f"{backend}: stopping")
         if server is not None:
             server.stop()
+        if router is not None:
+            router.stop()
+        if servicer is not None:
+            servicer.stop()
         if deployment is not None:
             deployment.stop()
+        if otlp_sink is not None:  # after the fleet, whose last spans it still takes
+            otlp_sink.stop()
+            spans = run_dir / "logs" / "otlp-spans.txt"
+            if spans.exists():
+                raw["otlp_spans"] = int(spans.read_text() or 0)
         raw["startup_s"]["total_backend_s"] = time.monotonic() - started
 
 
@@ -497,12 +618,122 @@ def run_admission(settings: BenchSettings, prompts: list[Prompt], run_dir: Path,
 
 
 # ------------------------------------------------------------------------------------------
+# the fleet past its capacity
+
+
+def run_overload(settings: BenchSettings, run_dir: Path, ui: ProgressUI) -> dict[str, Any]:
+    """One worker of `capacity` slots, a gateway with admission control (and one without, for
+    the baseline): `bench.overload` drives them; returns its records and per-phase CPU."""
+    from fleet_cli.processes import start_gateway
+
+    o = settings.overload
+    assert o is not None
+    idle = wait_for_idle(settings, ui, "the overload measurement")
+    (run_dir / "overload").mkdir(parents=True, exist_ok=True)
+    ui.step(f"overload: starting a fleet with one worker of capacity {o.capacity}")
+    deployment = FleetDeployment.start(
+        settings.engine, run_dir / "overload", settings.fleet_log_level,
+        on_step=lambda m: ui.step(f"overload: {m}"),
+        worker_env={"FLEET_CONCURRENCY": str(o.capacity)},
+        gateway_extra_env={"FLEET_ADMISSION_QUEUE_FACTOR": f"{o.queue_factor:g}"})
+    baseline = None
+    child = None
+    raw: dict[str, Any] = {"machine_before": idle, "cpu_s": {}}
+    try:
+        targets = {"admission": deployment.target}
+        if o.baseline:
+            ui.step("overload: starting a second gateway, admission control off")
+            baseline, bport = start_gateway(
+                {**gateway_env(deployment.registry, deployment.redis_url,
+                               settings.fleet_log_level), "FLEET_ADMISSION_CONTROL": "false"},
+                run_dir / "overload" / "logs")
+            targets["baseline"] = f"127.0.0.1:{bport}"
+        plan = {"targets": targets, "model_name": settings.engine.model_name,
+                "model_dir": str(settings.engine.model_dir), "input_len": o.input_len,
+                "output_len": o.output_len, "seed": settings.workload.seed,
+                "capacity": o.capacity, "factor": o.factor, "seconds": o.seconds,
+                "deadline_s": o.deadline_s, "warmup_waves": o.warmup_waves,
+                "redis_url": deployment.redis_url, "queue": deployment.registry.queue,
+                "out": str(run_dir / "overload.json")}
+        child = Child("bench.overload", plan, run_dir, "overload", {})
+        pids = deployment.pids()
+        components = cpu_components("fleet", child.pid, pids)
+        if baseline is not None:
+            components["gateway (admission off)"] = cpu.Component(baseline.process.pid)
+        follow_client("overload", child, components, ui, raw, Path(plan["out"]))
+        return raw
+    except BaseException:
+        if child is not None:
+            child.kill()
+        raise
+    finally:
+        ui.step("overload: stopping")
+        if baseline is not None:
+            baseline.stop()
+        deployment.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# optional backends and repeat passes
+
+
+def optional_unavailable(backends: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The optional backends asked for whose packages are missing, with the reason."""
+    from bench.backends import smg_router, vllm_grpc
+
+    out: dict[str, dict[str, Any]] = {}
+    for backend in backends:
+        if backend not in OPTIONAL_BACKENDS:
+            continue
+        reason = vllm_grpc.unavailable()
+        if reason is None and backend == "smg":
+            reason = smg_router.unavailable()
+        if reason is not None:
+            out[backend] = {"stage": "not installed", "reason": reason}
+    return out
+
+
+def pass_order(backends: list[str], number: int) -> list[str]:
+    """Backends in pass `number` (1-based): forward in odd passes, reversed in even ones, so
+    that drift of the machine over the run does not favour the backends that run first."""
+    return list(backends) if number % 2 else list(reversed(backends))
+
+
+def run_repeats(settings: BenchSettings, prompts: list[Prompt], slices: dict[str, list[int]],
+                run_dir: Path, ui: ProgressUI, backends: list[str],
+                unavailable: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Passes 2..repeat: the repeat phases on every backend that ran, each pass in its own
+    directory (`repeat-N/`), with the same prompts as the first pass (each pass starts every
+    engine afresh, so no prompt meets a warm prefix cache)."""
+    only = settings.repeat_phases()
+    passes: list[dict[str, Any]] = []
+    for number in range(2, settings.repeat + 1):
+        pass_dir = run_dir / f"repeat-{number}"
+        (pass_dir / "logs").mkdir(parents=True, exist_ok=True)
+        done: dict[str, Any] = {"pass": number, "order": pass_order(backends, number),
+                                "backends": {}, "failed": {}}
+        for backend in done["order"]:
+            ui.step(f"repeat {number}/{settings.repeat}: {backend}")
+            try:
+                done["backends"][backend] = run_backend(backend, settings, prompts, slices,
+                                                        None, pass_dir, ui, only)
+            except BackendFailure as failure:
+                done["failed"][backend] = str(failure).splitlines()[0]
+                ui.log(f"[yellow]repeat {number}: {backend} failed: {failure}"[:400])
+        passes.append(done)
+    return passes
+
+
+# ------------------------------------------------------------------------------------------
 # the whole run
 
 
 def _write_records(raw: dict[str, Any], path: Path) -> None:
-    full = {name: data["runner"] for name, data in raw.items() if isinstance(data, dict)
-            and "runner" in data}
+    full: dict[str, Any] = {name: data["runner"] for name, data in raw.items()
+                            if isinstance(data, dict) and "runner" in data}
+    full["repeats"] = [{"pass": done["pass"], **{b: data["runner"] for b, data in
+                                                  done["backends"].items()}}
+                       for done in raw.get("repeats") or []]
     with gzip.open(path, "wt") as fh:
         json.dump(full, fh)
 
@@ -522,26 +753,52 @@ def run(settings: BenchSettings) -> Path:
     """Runs the benchmark; returns the run directory (results.json, report.md, *.png)."""
     from bench import plots, report
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (settings.out_dir / stamp).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     t0 = time.monotonic()
     extra = profile_phase(settings)
     slices = assign_prompts(settings, extra)
     count = sum(len(v) for v in slices.values())
-    measured = len(settings.phases) * len(settings.backends) + (
+    repeats = settings.repeat_phases()
+    measured = (len(settings.phases) + len(repeats) * (settings.repeat - 1)) * len(
+        settings.backends) + (
         2 if settings.admission.grpc_requests or settings.admission.inprocess_requests else 0)
+    if settings.overload is not None:
+        measured += 3 if settings.overload.baseline else 2
+    if settings.fairness is not None:
+        from bench.fairness_run import measured_phases, run_fairness
+
+        measured += measured_phases(settings)
     raw: dict[str, Any] = {}
     with ProgressUI(settings.progress, measured) as ui:
         prompts, screening = make_workload(settings, extra, run_dir, ui)
         machine = describe(REPO)
         if settings.code_version:
             machine["git_commit"] = settings.code_version
+        unavailable = optional_unavailable(settings.backends)
+        for backend, info in unavailable.items():
+            ui.log(f"[yellow]{backend} skipped: {info['reason']}")
         for backend in settings.backends:
-            raw[backend] = run_backend(backend, settings, prompts, slices, extra, run_dir, ui)
+            if backend in unavailable:
+                continue
+            try:
+                raw[backend] = run_backend(backend, settings, prompts, slices, extra, run_dir,
+                                           ui)
+            except BackendFailure as failure:
+                unavailable[backend] = {**failure.info, "reason": str(failure).splitlines()[0]}
+                ui.log(f"[yellow]{backend} could not run; going on without it: "
+                       f"{unavailable[backend]['reason'][:300]}")
+        raw["repeats"] = run_repeats(settings, prompts, slices, run_dir, ui,
+                                     [b for b in settings.backends if b in raw], unavailable)
+        raw["unavailable"] = unavailable
         if settings.admission.grpc_requests or settings.admission.inprocess_requests:
             raw["admission"] = run_admission(settings, prompts, run_dir, ui)
+        if settings.overload is not None:
+            raw["overload"] = run_overload(settings, run_dir, ui)
+        if settings.fairness is not None:
+            raw["fairness"] = run_fairness(settings, run_dir, ui)
         ui.step("writing results, plots and report")
         workload = {"input_len": settings.workload.input_len,
                     "output_len": settings.workload.output_len, "seed": settings.workload.seed,
@@ -554,7 +811,8 @@ def run(settings: BenchSettings) -> Path:
         results = assemble(settings, raw, machine, workload, timing)
         (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         _write_records(raw, run_dir / "records.json.gz")
-        plots.render_all(results, run_dir)
+        if results["backends"]:  # the plots compare backends; an overload-only run has none
+            plots.render_all(results, run_dir)
         report.write(results, run_dir)
         if settings.publish_dir is not None:
             publish(run_dir, settings.publish_dir)

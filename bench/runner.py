@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -163,8 +164,12 @@ async def _run_once(backend: Any, phase: Phase, spec: dict[str, Any], chosen: li
     return records, duration, other
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.runner")
+def run_plan_process(prog: str, run: Callable[[dict[str, Any], Events], Awaitable[Any]],
+                     argv: list[str] | None = None) -> int:
+    """The body of every measurement process the orchestrator starts: `prog PLAN.json
+    [--events-fd N]` runs `run(plan, events)`, reports a failure on the event stream, and
+    writes the result to the plan's `out` atomically."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("plan", type=Path)
     parser.add_argument("--events-fd", type=int, default=None)
     args = parser.parse_args(argv)
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = os.fdopen(args.events_fd, "w", buffering=1) if args.events_fd is not None else None
     events = Events(stream)
     try:
-        out = asyncio.run(run_plan(plan, events))
+        out = asyncio.run(run(plan, events))
     except BaseException as exc:
         events.emit("error", message=f"{type(exc).__name__}: {exc}",
                     traceback=traceback.format_exc())
@@ -184,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     events.emit("done")
     sys.stdout.flush()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_plan_process("python -m bench.runner", run_plan, argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-#: Backends in the order they run by default. Each one runs alone on the machine.
-BACKENDS = ("vllm", "vllm-server", "fleet")
+#: Every backend; each one runs alone on the machine. `fleet-traced` is the fleet with
+#: OpenTelemetry tracing on and exporting (to `bench.otlp_sink`): its ratio to `fleet` is the
+#: cost of tracing. It runs only when named (`--backends ...,fleet-traced`).
+BACKENDS = ("vllm", "vllm-server", "vllm-grpc", "smg", "fleet", "fleet-traced")
+#: The backends a run has when none are named, in the order they run.
+DEFAULT_BACKENDS = ("vllm", "vllm-server", "vllm-grpc", "smg", "fleet")
 BACKEND_LABELS = {
     "vllm": "vLLM alone (AsyncLLM in-process)",
     "vllm-server": "vLLM OpenAI server (HTTP/SSE)",
+    "vllm-grpc": "vLLM gRPC servicer (smg-grpc-servicer, driven over gRPC)",
+    "smg": "SMG router (Rust, HTTP/SSE /generate) -> vLLM gRPC servicer",
     "fleet": "fleet (gRPC gateway -> Redis/Celery -> worker)",
+    "fleet-traced": "fleet with tracing on, exporting over OTLP/gRPC",
 }
+#: Backends whose packages are optional (bench extra `peers`): when they are missing, or the
+#: backend cannot start, the run goes on and the report says why.
+OPTIONAL_BACKENDS = ("vllm-grpc", "smg")
 
 
 @dataclass(frozen=True)
@@ -100,14 +110,116 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True)
+class OverloadSettings:
+    """The fleet past its capacity (`bench.overload`): one worker running `capacity` requests
+    at once, first loaded at its capacity, then offered `factor` times what it served."""
+
+    #: The worker's FLEET_CONCURRENCY, hence its published capacity.
+    capacity: int = 8
+    factor: float = 4.0
+    #: The measured window of each phase.
+    seconds: float = 30.0
+    #: Every request's gRPC deadline.
+    deadline_s: float = 10.0
+    input_len: int = 64
+    output_len: int = 32
+    #: The gateway's FLEET_ADMISSION_QUEUE_FACTOR.
+    queue_factor: float = 2.0
+    #: Tenant A's `max_concurrent` quota (its registry tenant policy): A floods up to it.
+    #: None: capacity - 1; 0: no quota.
+    a_max_concurrent: int | None = None
+    #: Also offer the overload through a second gateway with admission control off.
+    baseline: bool = True
+    warmup_waves: int = 2
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or not self.factor > 0 or not self.seconds > 0:
+            raise ValueError("overload: capacity >= 1, factor > 0 and seconds > 0 are needed")
+        if not self.deadline_s > 0:
+            raise ValueError("overload: the deadline must be positive")
+
+
+@dataclass(frozen=True)
+class FairnessSettings:
+    """Fair share between tenants (`bench.fairness`): one worker of `capacity` slots; tenant B
+    at `b_rate` req/s alone, then with tenant A sending `a_multiple` x B's rate at once."""
+
+    #: The worker's FLEET_CONCURRENCY, FLEET_MAX_NUM_SEQS and FLEET_CAPACITY.
+    capacity: int = 4
+    #: The measured window of each phase (the capacity probe has its own).
+    seconds: float = 30.0
+    probe_seconds: float = 15.0
+    #: B's Poisson rate (req/s); 0: `b_share` x the rate the capacity probe completed.
+    b_rate: float = 0.0
+    b_share: float = 1 / 3
+    a_multiple: float = 10.0
+    deadline_s: float = 10.0
+    input_len: int = 64
+    output_len: int = 32
+    #: The gateway's FLEET_ADMISSION_QUEUE_FACTOR.
+    queue_factor: float = 2.0
+    #: Tenant A's `max_concurrent` quota (its registry tenant policy): A floods up to it.
+    #: None: capacity - 1; 0: no quota.
+    a_max_concurrent: int | None = None
+    #: Also offer B + A's flood through a second gateway with admission control off, so that
+    #: the fair waiting lines are measured without admission's shared per-version bound.
+    no_admission: bool = True
+    #: Also run the control: B sends A's key (one tenant, one first-come-first-served line).
+    fifo: bool = False
+    #: Also run A alone at its flood rate (its throughput without B).
+    a_alone: bool = False
+    warmup_waves: int = 2
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or not self.seconds > 0 or not self.probe_seconds > 0:
+            raise ValueError("fairness: capacity >= 1, seconds > 0 and probe seconds > 0 "
+                             "are needed")
+        if self.b_rate < 0 or not self.b_share > 0 or not self.a_multiple > 0:
+            raise ValueError("fairness: b_rate >= 0, b_share > 0 and a_multiple > 0 are needed")
+        if not self.deadline_s > 0:
+            raise ValueError("fairness: the deadline must be positive")
+        if self.a_max_concurrent is not None and self.a_max_concurrent < 0:
+            raise ValueError("fairness: A's max_concurrent is >= 0 (0: no quota)")
+
+    @property
+    def a_quota(self) -> int:
+        """A's max_concurrent: the given one, else capacity - 1 (0 when that is 0: no quota)."""
+        if self.a_max_concurrent is not None:
+            return self.a_max_concurrent
+        return self.capacity - 1
+
+
+@dataclass(frozen=True)
+class SmgSettings:
+    """The SMG peers: vLLM's gRPC servicer (`vllm-grpc`) and the SMG router (`smg`)."""
+
+    #: SMG_VLLM_SERVICER_IMPL: the servicer's Python request path or its Rust one.
+    servicer_impl: Literal["python", "rust"] = "python"
+    #: The router's --policy (None: its default, cache_aware).
+    policy: str | None = None
+    #: How the SMG client sends prompts: "text" (the router tokenizes), "ids", or "auto"
+    #: (text when the router's tokenizer gives exactly the workload's ids).
+    input_mode: Literal["auto", "text", "ids"] = "auto"
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     engine: EngineSettings
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
     phases: tuple[Phase, ...] = ()
     warmup_requests: int = 4
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
     slo: Slo = field(default_factory=Slo)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    #: The overload measurement after the backends (None: not run).
+    overload: OverloadSettings | None = None
+    smg: SmgSettings = field(default_factory=SmgSettings)
+    #: Passes over the backends for the spread of the ratios: the first runs every phase,
+    #: each further one reruns the lowest- and highest-concurrency closed phases on every
+    #: backend, in reversed backend order every other pass (ABC, CBA, ABC, ...).
+    repeat: int = 1
+    #: The fair-share measurement between two tenants after the rest (None: not run).
+    fairness: FairnessSettings | None = None
     #: Profile gateway and worker with py-spy during an extra (unmeasured) repeat of the
     #: highest-concurrency closed phase of the fleet.
     profile: bool = False
@@ -145,6 +257,18 @@ class BenchSettings:
             raise ValueError(f"phase names must be unique, got {names}")
         if not self.phases:
             raise ValueError("at least one phase is needed")
+        if self.repeat < 1:
+            raise ValueError("repeat must be at least 1")
+
+    def repeat_phases(self) -> tuple[Phase, ...]:
+        """The phases every further pass reruns: the lowest- and highest-concurrency closed
+        phases (c=1 and c=32 by default)."""
+        closed = [p for p in self.phases if p.kind == "closed"]
+        if self.repeat < 2 or not closed:
+            return ()
+        low = min(closed, key=lambda p: p.concurrency)
+        high = max(closed, key=lambda p: p.concurrency)
+        return (low,) if low == high else (low, high)
 
     def total_requests(self) -> int:
         """Prompts one backend uses: warm-up plus every phase (each prompt is used once)."""

@@ -7,6 +7,7 @@ import sys
 
 from fleet_cli import client, local_preview, registry_client
 from fleet_cli.operator import add_operator_commands
+from fleet_cli.usage_command import add_usage_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a checkpoint or tokenizer directory, built locally")
     preview.add_argument("--chat-format", choices=local_preview.CHAT_FORMATS,
                          help="with --tokenizer: the chat format of chat turns")
+    preview.add_argument("--infill", action=argparse.BooleanOptionalAction, default=None,
+                         help="with --tokenizer: whether the model can infill (default: when "
+                              "its tokenizer has Code Llama's infill pieces and is not 70B's)")
     preview.add_argument("--prompt")
     preview.add_argument("--prefix")
     preview.add_argument("--suffix")
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_operator_commands(commands)
     registry_client.add_commands(commands)
+    add_usage_command(commands)
     return parser
 
 

@@ -156,8 +156,12 @@ def print_prompt_table(header: str, token_ids: Any, pieces: Any, stop_ids: Any,
 
 def run_models(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.target) as channel:
-        response = InferenceServiceStub(channel).ListModels(
-            api.ListModelsRequest(), timeout=args.timeout, metadata=_metadata(args))
+        try:
+            response = InferenceServiceStub(channel).ListModels(
+                api.ListModelsRequest(), timeout=args.timeout, metadata=_metadata(args))
+        except grpc.RpcError as err:
+            print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
     for m in response.models:
         print(f"{m.name}@{m.model_version}  pool={m.pool}  modes={','.join(m.modes)}  "
               f"context={m.context_limit}  chat_format={m.chat_format or '-'}")

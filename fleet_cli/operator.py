@@ -34,7 +34,7 @@ def run_registry(args: argparse.Namespace) -> int:
 
 
 def run_prepare_demo(args: argparse.Namespace) -> int:
-    from model_registry.demo_model import prepare_demo_model
+    from demo.smollm2 import prepare_demo_model
 
     path = prepare_demo_model(Path(args.dest), Path(args.cache_dir))
     print(f"demo model ready at {path}")

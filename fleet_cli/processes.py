@@ -38,6 +38,7 @@ class ManagedProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     extra_cleanup: list[Callable[[], None]] = field(default_factory=list)
+    started_at_unix: float = field(default_factory=time.time)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -49,9 +50,14 @@ class ManagedProcess:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left (engine children too)."""
+        """SIGTERM the process itself and give it `timeout` to exit, then SIGKILL its whole
+        process group: what it left behind, or everything if it did not exit in time.
+
+        Only the process gets SIGTERM, as Kubernetes sends it only to a container's first
+        process: a worker drains on it and then stops its engine's processes itself, whereas
+        signalling the group would stop vLLM's engine core under requests still running."""
         if self.alive():
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -103,17 +109,35 @@ def start_redis(port: int, log_dir: Path) -> ManagedProcess:
     return proc
 
 
+def spawn_worker(name: str, env: dict[str, str], log_dir: Path, *, redis_url: str
+                 ) -> ManagedProcess:
+    """A worker process, not waited for."""
+    return spawn(f"worker-{name}", [sys.executable, "-m", "workers"],
+                 log_dir, {**env, "FLEET_WORKER_NAME": name, "FLEET_REDIS_URL": redis_url})
+
+
 def start_worker(name: str, env: dict[str, str], log_dir: Path, *, redis_url: str, queue: str,
                  timeout: float = 300.0) -> ManagedProcess:
     """A worker process; returns once its engine is loaded and its heartbeat is in Redis."""
+    proc = spawn_worker(name, env, log_dir, redis_url=redis_url)
+    wait_for_heartbeat(proc, redis_url=redis_url, queue=queue, worker=name, timeout=timeout)
+    return proc
+
+
+def wait_for_heartbeat(proc: ManagedProcess, *, redis_url: str, queue: str, worker: str,
+                       timeout: float) -> None:
+    """Returns once `proc` (worker `worker`) has heartbeated into `queue`'s live set. Only a
+    beat newer than the process counts: a killed worker's last beat under the same name stays
+    in the set, and would make a restarted one look ready while its engine still loads."""
     from fleet_common.keys import live_workers
 
-    proc = spawn(f"worker-{name}", [sys.executable, "-m", "workers"],
-                 log_dir, {**env, "FLEET_WORKER_NAME": name, "FLEET_REDIS_URL": redis_url})
     client = redis.Redis.from_url(redis_url)
-    wait_until(lambda: client.zscore(live_workers(queue), name) is not None, timeout,
-               f"worker {name} to serve {queue}", proc)
-    return proc
+
+    def beating() -> bool:
+        score = client.zscore(live_workers(queue), worker)
+        return score is not None and score >= proc.started_at_unix
+
+    wait_until(beating, timeout, f"worker {worker} to serve {queue}", proc)
 
 
 def start_gateway(env: dict[str, str], log_dir: Path, port: int = 0, timeout: float = 60.0

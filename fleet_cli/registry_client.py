@@ -1,12 +1,15 @@
-"""Operator commands over the RegistryService: checkpoints, templates, versions, rollouts."""
+"""Operator commands over the RegistryService: checkpoints, templates, versions, rollouts,
+tenants and API keys. Every call sends the operator's API key (--api-key, else FLEET_API_KEY)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 
 from codellama.fleet.v1 import registry_service_pb2 as pb
 from codellama.fleet.v1.registry_service_pb2_grpc import RegistryServiceStub
+from fleet_cli import access_commands
 
 
 def _change(a: argparse.Namespace) -> pb.RolloutChange:
@@ -31,7 +35,8 @@ def _register(a: argparse.Namespace) -> Any:
 
 
 def _template(a: argparse.Namespace) -> Any:
-    text = open(a.chat_template_file, encoding="utf-8").read() if a.chat_template_file else ""
+    text = Path(a.chat_template_file).read_text(encoding="utf-8") if a.chat_template_file \
+        else ""
     return pb.CreateTemplateVersionRequest(name=a.name, infill=a.infill,
                                            chat_format=a.chat_format, chat_template=text,
                                            actor=a.actor)
@@ -44,6 +49,12 @@ def _version(a: argparse.Namespace) -> Any:
         template_version=int(number or 0), pool=a.pool, actor=a.actor,
         engine=pb.EngineSettings(tensor_parallel_size=a.tensor_parallel_size,
                                  max_model_len=a.max_model_len, dtype=a.dtype))
+
+
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="route to the candidate even if no worker of its queue is live "
+                        "(recorded in the history)")
 
 
 # command -> (RPC name, request builder, extra arguments)
@@ -78,12 +89,12 @@ COMMANDS: dict[str, tuple[str, Builder, Callable[[argparse.ArgumentParser], None
                         lambda a: pb.ListRolloutEventsRequest(model=a.model),
                         lambda p: p.add_argument("model")),
     "canary-start": ("StartCanary", lambda a: pb.StartCanaryRequest(
-        change=_change(a), candidate_version=a.candidate, weight=a.weight), lambda p: (
-        p.add_argument("model"), p.add_argument("candidate"),
-        p.add_argument("--weight", type=int, required=True))),
+        change=_change(a), candidate_version=a.candidate, weight=a.weight, force=a.force),
+        lambda p: (p.add_argument("model"), p.add_argument("candidate"),
+                   p.add_argument("--weight", type=int, required=True), _force(p))),
     "canary-weight": ("SetCanaryWeight", lambda a: pb.SetCanaryWeightRequest(
-        change=_change(a), weight=a.weight), lambda p: (
-        p.add_argument("model"), p.add_argument("weight", type=int))),
+        change=_change(a), weight=a.weight, force=a.force), lambda p: (
+        p.add_argument("model"), p.add_argument("weight", type=int), _force(p))),
     "promote": ("Promote", lambda a: pb.PromoteRequest(change=_change(a)),
                 lambda p: p.add_argument("model")),
     "rollback": ("Rollback", lambda a: pb.RollbackRequest(change=_change(a)),
@@ -97,31 +108,45 @@ COMMANDS: dict[str, tuple[str, Builder, Callable[[argparse.ArgumentParser], None
 }
 _CHANGES = {"canary-start", "canary-weight", "promote", "rollback", "canary-pause",
             "canary-resume"}
+_ACTORS = _CHANGES | {name for name in COMMANDS if name.endswith(("register", "create"))}
+COMMANDS.update(access_commands.COMMANDS)
+
+
+def _metadata(a: argparse.Namespace) -> list[tuple[str, str]]:
+    key = a.api_key or os.environ.get("FLEET_API_KEY", "")
+    return [("authorization", f"Bearer {key}")] if key else []
 
 
 def run(a: argparse.Namespace) -> int:
     rpc, build, _ = COMMANDS[a.registry_op]
     with grpc.insecure_channel(a.registry) as channel:
         try:
-            response = getattr(RegistryServiceStub(channel), rpc)(build(a), timeout=a.timeout)
+            response = getattr(RegistryServiceStub(channel), rpc)(
+                build(a), timeout=a.timeout, metadata=_metadata(a))
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+    if a.registry_op in access_commands.NOTES:
+        print(access_commands.NOTES[a.registry_op], file=sys.stderr)
     return 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ops = commands.add_parser("ops", help="operate the registry service (checkpoints, "
-                                          "templates, versions, rollouts)")
+                                          "templates, versions, rollouts, tenants, API keys)")
     ops.add_argument("--registry", default="127.0.0.1:50061", help="registry host:port")
     ops.add_argument("--timeout", type=float, default=600.0)
+    ops.add_argument("--api-key", default="", help="the operator's API key (reads: any scope; "
+                     "writes: operator) [default: FLEET_API_KEY]")
     sub = ops.add_subparsers(dest="registry_op", required=True)
     for name, (rpc, _, add_arguments) in COMMANDS.items():
         parser = sub.add_parser(name, help=rpc)
         add_arguments(parser)
-        if name in _CHANGES or name.endswith(("register", "create")):
-            parser.add_argument("--actor", default=getpass.getuser())
+        if name in _ACTORS:
+            parser.add_argument("--actor", default=getpass.getuser(),
+                                help="recorded only when the registry does not authenticate; "
+                                     "else the key's tenant/name is")
         if name in _CHANGES:
             parser.add_argument("--reason", default="")
             parser.add_argument("--expected-revision", type=int, default=0)

@@ -12,11 +12,14 @@ import base64
 import json
 import os
 import socket
+import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+FAIR_TAKE_TASK = "fleet.take"
+_TICKET_TTL_S = 86400  # tickets are fungible: any one left over takes the next request
 
 
 def task_message(task_name: str, task_id: str, args: tuple[Any, ...], queue: str, *,
@@ -24,7 +27,7 @@ def task_message(task_name: str, task_id: str, args: tuple[Any, ...], queue: str
     """The JSON a kombu Redis producer would LPUSH for `send_task(..., queue=queue)`."""
     body = json.dumps([list(args), {}, {"callbacks": None, "errbacks": None, "chain": None,
                                         "chord": None}], separators=(",", ":"))
-    expires = datetime.fromtimestamp(expires_unix, tz=timezone.utc).isoformat()
+    expires = datetime.fromtimestamp(expires_unix, tz=UTC).isoformat()
     message = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
@@ -49,3 +52,11 @@ def task_message(task_name: str, task_id: str, args: tuple[Any, ...], queue: str
         },
     }
     return json.dumps(message, separators=(",", ":")).encode()
+
+
+def ticket_message(queue: str, ticket_id: str) -> bytes:
+    """A Celery message of the take task: whichever worker runs it takes `queue`'s next request
+    in priority and fair order (`fleet_common.fair_queue`)."""
+    now = time.time()
+    return task_message(FAIR_TAKE_TASK, ticket_id, (), queue, expires_unix=now + _TICKET_TTL_S,
+                        now_unix=now)

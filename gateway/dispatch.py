@@ -1,31 +1,49 @@
-"""Putting a request on its pool's queue and reading its result stream back."""
+"""Putting a request on its version's queue, reading its result stream back, and re-running it
+on another worker when the one serving it is lost (see `gateway.leases`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from fleet_common.errors import DeadlineExceeded, EngineFailure, Unavailable
+from fleet_common import fair_queue
+from fleet_common.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    EngineFailure,
+    FleetError,
+    InvalidArgument,
+    Unavailable,
+)
 from fleet_common.keys import (
     CANCEL_CHANNEL,
-    GENERATE_TASK,
     cancelled_flag,
     live_workers,
+    request_scope,
 )
-from fleet_common.task_message import task_message
-from fleet_common.wire import EventKind, GenerationTask, StreamEvent
-from gateway.result_feeds import FeedDeadline, ResultFeed, ResultFeeds
-from gateway.task_publisher import TaskPublisher
+from fleet_common.task_message import ticket_message
+from fleet_common.wire import ErrorCode, Final, GenerationTask, StreamEvent
+from fleet_server import tracing
+from gateway.admission_control import AdmissionControl
+from gateway.backend_health import BackendHealth
+from gateway.leases import LeaseMonitor
+from gateway.quotas import Quotas
+from gateway.request_claims import ClaimKind, RequestClaims
+from gateway.request_run import NoLiveWorker, RequestRun, WorkerLost
+from gateway.result_feeds import FeedDeadline, ResultFeeds
+from gateway.task_publisher import FairEntry, TaskPublisher
 
 log = logging.getLogger(__name__)
 _CANCEL_FLAG_TTL_S = 3600
+MAX_ATTEMPTS = 4  # the first run and three re-runs
 
 
 @contextmanager
@@ -38,18 +56,78 @@ def _backend_errors(what: str) -> Iterator[None]:
                           f"{type(exc).__name__}: {exc}") from exc
 
 
+class TaskDispatcher(Protocol):
+    """What the servicer needs of a dispatcher (Redis and Celery here; a fake in unit tests)."""
+
+    async def submit(self, task: GenerationTask, queue: str, pool: str, *,
+                     fingerprint: str) -> RequestRun: ...
+
+    def events(self, run: RequestRun) -> AsyncIterator[StreamEvent]: ...
+
+    async def abandon(self, run: RequestRun) -> None: ...
+
+    async def finish(self, run: RequestRun) -> None: ...
+
+    async def live_worker_count(self, queue: str) -> int: ...
+
+
+class RequestObserver(Protocol):
+    """Hears how the requests this gateway takes end (usage accounting). Called on the event
+    loop; must not block. Every caller of a request shared under one id reports `completed`,
+    so an observer that counts requests counts each scope once."""
+
+    def completed(self, task: GenerationTask, final: Final) -> None: ...
+
+    def refused(self, task: GenerationTask, reason: str) -> None: ...
+
+
+def refusal_reason(exc: FleetError) -> str:
+    """A short name for why a request was refused: the error's `reason` where it names one
+    (a quota, a queue bound), else its kind."""
+    return getattr(exc, "reason", "") or type(exc).__name__
+
+
 class Dispatcher:
-    def __init__(self, redis: Redis, *, worker_liveness_s: float) -> None:
+    """Publishes tasks on their version's Celery queue and reads their result streams."""
+
+    def __init__(self, redis: Redis, *, worker_liveness_s: float,
+                 result_retention_s: float = 3600.0, lease_check_s: float = 0.5,
+                 admission: AdmissionControl | None = None,
+                 health: BackendHealth | None = None,
+                 observers: tuple[RequestObserver, ...] = (),
+                 weight_of: Callable[[str], int] = lambda tenant: 1,
+                 wait_for_workers: bool = False,
+                 quotas: Quotas | None = None) -> None:
+        """`weight_of(tenant)`: the tenant's fair-share weight (TenantPolicy.weight).
+        `quotas`: the tenants' request quotas (None: none are enforced)."""
         self._redis = redis
+        self._quotas = quotas
+        self._weight_of = weight_of
+        self._observers = observers
+        self._health = health  # None: no circuit breaker, every call tries Redis
+        self._admission = admission  # None: every request with a live worker is queued
         self._feeds = ResultFeeds(redis)
         self._publisher = TaskPublisher(redis, add_wake=self._feeds.wake)
+        self._claims = RequestClaims(redis)
+        self._wait_for_workers = wait_for_workers
+        self._leases = LeaseMonitor(redis, liveness_s=worker_liveness_s,
+                                    interval_s=lease_check_s,
+                                    unstarted_grace_s=max(2 * lease_check_s, 1.0),
+                                    wait_for_workers=wait_for_workers)
         self._liveness_s = worker_liveness_s
+        self._retention_s = result_retention_s
         self._live_cache: dict[str, tuple[float, int]] = {}
+        self._lease_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._feeds.start()
+        self._lease_task = asyncio.create_task(self._leases.run_forever(), name="leases")
 
     async def aclose(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            # redis-py can swallow a cancel that lands inside a command; do not wait forever.
+            await asyncio.wait({self._lease_task}, timeout=2.0)
         await self._feeds.aclose()
 
     async def live_worker_count(self, queue: str) -> int:
@@ -68,84 +146,229 @@ class Dispatcher:
             self._live_cache.pop(queue, None)
         return count
 
-    async def submit(self, task: GenerationTask, queue: str, pool: str) -> ResultFeed:
-        """Queues the task; its events arrive on the returned feed, which `events` reads and
-        closes (or `release` closes, when the caller never reads it)."""
-        if await self.live_worker_count(queue) == 0:
+    async def submit(self, task: GenerationTask, queue: str, pool: str, *,
+                     fingerprint: str) -> RequestRun:
+        """Claims the request id and queues the task, or attaches to the same request already
+        under that id. Its events arrive through `events`; `finish` (or `abandon`) ends it.
+        While Redis is known to be down the call is refused at once (`BackendHealth`)."""
+        if self._health is None:
+            return await self._submit(task, queue, pool, fingerprint=fingerprint)
+        self._health.check()
+        try:
+            return await self._submit(task, queue, pool, fingerprint=fingerprint)
+        except Unavailable as exc:
+            self._health.saw(exc)
+            raise
+
+    async def _submit(self, task: GenerationTask, queue: str, pool: str, *,
+                      fingerprint: str) -> RequestRun:
+        try:
+            await self._admit(task, queue, pool)
+        except FleetError as exc:
+            for observer in self._observers:
+                observer.refused(task, refusal_reason(exc))
+            raise
+        return await self._claim_and_queue(task, queue, pool, fingerprint=fingerprint)
+
+    async def _admit(self, task: GenerationTask, queue: str, pool: str) -> None:
+        """Raises the FleetError that refuses `task`, if any does."""
+        if not self._wait_for_workers and await self.live_worker_count(queue) == 0:
             raise Unavailable(
                 f"no live worker serves {task.model}@{task.model_version} "
                 f"(pool {pool}, queue {queue}); retry later"
             )
-        message = task_message(GENERATE_TASK, task.request_id, (task.to_json(),), queue,
-                               expires_unix=task.deadline_unix, now_unix=time.time())
-        feed = self._feeds.open(task.request_id, task.deadline_unix)
+        if self._admission is not None:
+            await self._admission.admit(task, queue)
+        if self._quotas is not None:
+            # Last, so that nothing after it refuses the request. A caller that then attaches
+            # to the generation under its id, or whose claim is refused, was charged nothing
+            # (the quota charges each generation once: gateway.quotas); the lease is ended by
+            # whichever caller leaves last (_leave).
+            await self._quotas.admit(task)
+
+    async def _claim_and_queue(self, task: GenerationTask, queue: str, pool: str, *,
+                               fingerprint: str) -> RequestRun:
+        scope = request_scope(task.tenant, task.request_id)
+        ttl = task.deadline_unix - time.time() + self._retention_s
+        with _backend_errors(f"claiming request id {task.request_id}"):
+            claim = await self._claims.claim(scope, fingerprint, int(ttl))
+        if claim.kind is ClaimKind.CONFLICT:
+            raise AlreadyExists(
+                f"options.request_id {task.request_id!r} is already used by a different "
+                "request; use a new id, or send the same request to get its result")
+        attempt = _with_attempt(task, claim.attempt)
+        run = RequestRun(attempt, queue, pool, self._feeds.open(scope, task.deadline_unix))
         try:
-            with _backend_errors(f"queueing request {task.request_id}"):
-                await self._publisher.publish(queue, message)
+            if claim.kind is ClaimKind.NEW:
+                await self._publish(run, attempt)
+            else:
+                log.info("request %s: attached to its running or finished generation "
+                         "(attempt %d)", run.scope, claim.attempt)
+                run.adopt(attempt)
+                with _backend_errors(f"attaching to request {task.request_id}"):
+                    await self._feeds.wake_now()
         except asyncio.CancelledError:
             # The caller left while the task was being written: it may be queued already, and
             # no one would read its results.
-            self._feeds.close(feed)
-            await asyncio.shield(self._cancel_quietly(task.request_id))
+            await asyncio.shield(self.abandon(run))
             raise
         except BaseException:
-            self._feeds.close(feed)
+            await asyncio.shield(self.abandon(run))
             raise
-        return feed
+        self._leases.watch(run)
+        return run
 
-    def release(self, feed: ResultFeed) -> None:
-        self._feeds.close(feed)
+    async def _publish(self, run: RequestRun, task: GenerationTask) -> None:
+        """Puts the attempt in its tenant's waiting line of its queue, with its ticket; the
+        task carries the publish span's trace context to the worker."""
+        with tracing.span(f"publish {run.queue}", kind=tracing.SpanKind.PRODUCER, attributes={
+                "messaging.system": "redis", "messaging.destination.name": run.queue,
+                "fleet.attempt": task.attempt}):
+            tracing.inject(task.trace_context)
+            level = fair_queue.level_of(task.priority)
+            item = fair_queue.item_of(task)
+            ticket = ticket_message(run.queue, f"{run.scope}#{task.attempt}")
+            run.adopt(task, item, fair_queue.tenant_line(run.queue, level, task.tenant))
+            entry = FairEntry(fair_queue.enqueue_keys(run.queue, level, task.tenant),
+                              fair_queue.enqueue_args(task.tenant, self._weight_of(task.tenant),
+                                                      item, ticket))
+            with _backend_errors(f"queueing request {task.request_id}"):
+                await self._publisher.publish(entry)
 
-    async def queue_depth(self, queue: str) -> int:
-        return int(await self._redis.llen(queue))
+    async def events(self, run: RequestRun) -> AsyncIterator[StreamEvent]:
+        """The request's events until its final one; DeadlineExceeded if it does not come.
+        Events of an attempt other than the awaited one are a stale writer's and are skipped;
+        a lost attempt is re-run (the new attempt's events follow, from its STARTED)."""
+        task = run.task
+        while True:
+            with _backend_errors(f"reading the results of request {task.request_id}"):
+                item = await run.feed.next()
+            if isinstance(item, FeedDeadline):
+                raise await self._deadline_error(run)
+            if isinstance(item, NoLiveWorker):
+                raise Unavailable(f"request {task.request_id} was not started: {item.reason}; "
+                                  "retry later")
+            if isinstance(item, WorkerLost):
+                await self._rerun(run, item.reason)
+                continue
+            event = item
+            if event.attempt < run.task.attempt:
+                log.info("request %s: ignoring an event of stale attempt %d (awaiting %d)",
+                         run.scope, event.attempt, run.task.attempt)
+                continue
+            if event.attempt > run.task.attempt:  # another caller's gateway re-ran it
+                run.adopt(_with_attempt(run.task, event.attempt))
+            kind = event.WhichOneof("event")
+            if kind == "error":
+                if event.error.code == ErrorCode.ERROR_CODE_UNAVAILABLE:
+                    await self._rerun(run, event.error.message)
+                    continue
+                raise error_of(event.error.code, event.error.message)
+            if kind == "started":
+                run.worker, run.started = event.started.worker, event.started
+            yield event
+            if kind == "final":
+                run.finished = True
+                if self._admission is not None:
+                    self._admission.served(run.queue, event.final)
+                for observer in self._observers:
+                    observer.completed(run.task, event.final)
+                if self._quotas is not None:
+                    await self._quotas.settle(run.task, event.final)
+                return
 
-    async def events(
-        self, feed: ResultFeed, task: GenerationTask, queue: str
-    ) -> AsyncIterator[StreamEvent]:
-        """The request's events until its final one; DeadlineExceeded if it does not come."""
-        started = False
-        try:
-            while True:
-                with _backend_errors(f"reading the results of request {task.request_id}"):
-                    event = await feed.next()
-                if isinstance(event, FeedDeadline):
-                    raise await self._deadline_error(task, queue, started, task.deadline_unix)
-                if event.kind is EventKind.ERROR:
-                    raise EngineFailure(event.data.get("message", "engine failure"))
-                started = started or event.kind is EventKind.STARTED
-                yield event
-                if event.kind is EventKind.FINAL:
-                    return
-        finally:
-            self._feeds.close(feed)
+    async def _rerun(self, run: RequestRun, reason: str) -> None:
+        """Queues the next attempt (unless another caller's gateway already did)."""
+        task = run.task
+        if task.attempt >= MAX_ATTEMPTS:
+            raise Unavailable(f"request {task.request_id}: {reason}; gave up after "
+                              f"{task.attempt} attempts; the request may be retried")
+        if time.time() >= task.deadline_unix:
+            raise DeadlineExceeded(f"request {task.request_id}: {reason}, and its deadline "
+                                   "passed before it could be re-run")
+        self._live_cache.pop(run.queue, None)
+        if not self._wait_for_workers and await self.live_worker_count(run.queue) == 0:
+            raise Unavailable(f"request {task.request_id}: {reason}; no live worker of queue "
+                              f"{run.queue} is left to re-run it; the request may be retried")
+        with _backend_errors(f"re-running request {task.request_id}"):
+            attempt, advanced = await self._claims.next_attempt(run.scope, task.attempt)
+        next_task = _with_attempt(task, attempt or task.attempt + 1)
+        next_task.enqueued_at_unix = time.time()
+        if advanced or attempt == 0:
+            log.warning("request %s: %s; re-running it as attempt %d", run.scope, reason,
+                        next_task.attempt)
+            await self._publish(run, next_task)
+        else:
+            run.adopt(next_task)
 
-    async def _deadline_error(
-        self, task: GenerationTask, queue: str, started: bool, deadline_unix: float
-    ) -> DeadlineExceeded:
-        budget = deadline_unix - task.enqueued_at_unix
-        if started:
+    async def _deadline_error(self, run: RequestRun) -> DeadlineExceeded:
+        task = run.task
+        budget = task.deadline_unix - run.admitted_at_unix
+        if run.started is not None:
+            where = run.started
             return DeadlineExceeded(
-                f"request {task.request_id} did not finish within its deadline of {budget:.2f} s"
-            )
-        with _backend_errors(f"inspecting queue {queue}"):
+                f"request {task.request_id} did not finish within its deadline of {budget:.2f} s "
+                f"(attempt {task.attempt} on worker {where.worker}, pool {where.pool}, "
+                f"{task.model}@{where.model_version}, after {where.queue_wait_ms:.0f} ms queued)")
+        with _backend_errors(f"inspecting queue {run.queue}"):
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.llen(queue)
-                pipe.zcount(live_workers(queue), time.time() - self._liveness_s, "+inf")
+                pipe.llen(run.queue)
+                pipe.zcount(live_workers(run.queue), time.time() - self._liveness_s, "+inf")
                 depth, live = await pipe.execute()
         return DeadlineExceeded(
             f"no worker started request {task.request_id} within its deadline of {budget:.2f} s "
-            f"(queue {queue}: {depth} waiting, {live} live workers)"
+            f"(queue {run.queue}: {depth} waiting, {live} live workers)"
         )
 
-    async def _cancel_quietly(self, request_id: str) -> None:
-        try:
-            await self.cancel(request_id)
-        except (RedisError, OSError):
-            log.warning("could not cancel abandoned request %s", request_id, exc_info=True)
+    async def finish(self, run: RequestRun) -> None:
+        """The caller is done: a request that ended with its result keeps its claim (a retry
+        under the id gets the same result); one that did not frees the id."""
+        await self._leave(run, forget=not run.finished, cancel_if_last=False)
 
-    async def cancel(self, request_id: str) -> None:
-        """Stops the request wherever it is: queued (flag) or generating (abort message)."""
+    async def abandon(self, run: RequestRun) -> None:
+        """For a caller that leaves before the result (gone, deadline, error): cancels the
+        request unless other callers are attached to it. A Redis error is logged, so it cannot
+        replace the status the caller is about to get."""
+        await self._leave(run, forget=True, cancel_if_last=True)
+
+    async def _leave(self, run: RequestRun, *, forget: bool, cancel_if_last: bool) -> None:
+        self._feeds.close(run.feed)
+        self._leases.unwatch(run)
+        if run.left:
+            return
+        run.left = True
+        try:
+            async with asyncio.timeout(2.0):
+                left = await self._claims.leave(run.scope, forget=forget)
+                if cancel_if_last and left <= 0:
+                    await self.cancel(run)
+        except (RedisError, OSError, TimeoutError):
+            log.warning("request %s: could not %s", run.scope,
+                        "cancel it" if cancel_if_last else "release its claim", exc_info=True)
+        if self._quotas is not None:
+            # After the claim, whose caller count tells the last caller (who ends the lease and
+            # refunds tokens never settled) from the others; logs its own errors.
+            await self._quotas.leave(run.task)
+
+    async def cancel(self, run: RequestRun) -> None:
+        """Stops the awaited attempt wherever it is: queued (flag) or generating (message)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(cancelled_flag(request_id), 1, ex=_CANCEL_FLAG_TTL_S)
-            pipe.publish(CANCEL_CHANNEL, request_id)
+            pipe.set(cancelled_flag(run.scope), run.task.attempt, ex=_CANCEL_FLAG_TTL_S)
+            pipe.publish(CANCEL_CHANNEL, run.run_id)
             await pipe.execute()
+
+
+def _with_attempt(task: GenerationTask, attempt: int) -> GenerationTask:
+    copy = GenerationTask()
+    copy.CopyFrom(task)
+    copy.attempt = attempt
+    return copy
+
+
+def error_of(code: int, message: str) -> FleetError:
+    """The domain error a worker's ERROR event stands for."""
+    if code == ErrorCode.ERROR_CODE_INVALID_ARGUMENT:
+        return InvalidArgument("request", message)
+    if code == ErrorCode.ERROR_CODE_UNAVAILABLE:
+        return Unavailable(message)
+    return EngineFailure(message or "engine failure")

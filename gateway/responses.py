@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from codellama.fleet.v1 import generation_pb2 as pb
-from fleet_common.wire import EventKind, StreamEvent
-
-
-def finish_reason_pb(reason: str) -> int:
-    return pb.FinishReason.Value(f"FINISH_REASON_{reason.upper()}")
-
-
-def _logprobs_pb(items: list[dict[str, Any]]) -> list[pb.TokenLogprob]:
-    return [
-        pb.TokenLogprob(
-            token_id=item["token_id"],
-            token=item["token"],
-            logprob=item["logprob"],
-            top_logprobs=[pb.TopLogprob(token_id=t["token_id"], token=t["token"],
-                                        logprob=t["logprob"]) for t in item["top"]],
-        )
-        for item in items
-    ]
+from fleet_common.errors import Unavailable
+from fleet_common.wire import Final, StreamEvent
 
 
 @dataclass
 class _ChoiceState:
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
-    finish_reason: str = ""
+    finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     matched_stop_sequence: str = ""
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -55,69 +40,136 @@ class RequestClock:
                           total_ms=since(self.finished), engine_ms=self.engine_ms)
 
 
-class ResultAssembler:
-    """Feeds on events; produces stream messages as they come and a unary result at the end."""
+@dataclass
+class _Replay:
+    """What a re-run attempt has produced of one choice while it catches up with what the
+    caller already received."""
 
-    def __init__(self, request_id: str, model: str, n: int, *, received: float) -> None:
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    caught_up: bool = False
+
+
+class ResultAssembler:
+    """Feeds on events; produces stream messages as they come and a unary result at the end.
+
+    When a lost worker's request is re-run, the new attempt starts from the first token. A unary
+    result simply starts over. A stream has already delivered some of it: the new attempt must
+    reproduce exactly those tokens (and text), after which it continues where the stream
+    stopped; if it does not, the stream fails with UNAVAILABLE rather than splice two answers.
+    """
+
+    def __init__(self, request_id: str, model: str, n: int, *, received: float,
+                 streaming: bool) -> None:
         self.request_id = request_id
         self._model = model
+        self._n = n
+        self._streaming = streaming
         self._choices = [_ChoiceState() for _ in range(n)]
         self.clock = RequestClock(received=received)
-        self._final: dict[str, Any] | None = None
+        self._final: Final | None = None
+        self._attempt = 0
+        self._replays: list[_Replay] | None = None
 
-    def on_event(self, event: StreamEvent) -> list[pb.ChoiceDelta] | None:
+    def on_event(self, event: StreamEvent) -> Sequence[pb.ChoiceDelta] | None:
         """Returns the deltas to stream for this event, or None when there is nothing to send."""
-        if event.kind is EventKind.STARTED:
-            self.clock.queue_wait_ms = event.data["queue_wait_ms"]
+        if event.attempt != self._attempt:
+            self._begin_attempt(event.attempt)
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            self.clock.queue_wait_ms = event.started.queue_wait_ms
             return None
-        if event.kind is EventKind.DELTA:
+        if kind == "delta":
             if self.clock.first_token is None:
                 self.clock.first_token = time.perf_counter()
-            return [self._apply_delta(d) for d in event.data["deltas"]]
-        if event.kind is EventKind.FINAL:
+            if self._replays is not None:
+                replayed = [self._replay(delta) for delta in event.delta.choices]
+                return [delta for delta in replayed if delta is not None]
+            for delta in event.delta.choices:
+                self._apply_delta(delta)
+            return event.delta.choices
+        if kind == "final":
             self.clock.finished = time.perf_counter()
-            self.clock.engine_ms = event.data["engine_ms"]
-            self._final = event.data
-            return self._late_finishes(event.data["finish_reasons"])
+            self.clock.engine_ms = event.final.engine_ms
+            self._final = event.final
+            return self._late_finishes(event.final.finish_reasons)
         return None
 
-    def _apply_delta(self, delta: dict[str, Any]) -> pb.ChoiceDelta:
-        state = self._choices[delta["index"]]
-        state.text.append(delta["text"])
-        state.token_ids.extend(delta["token_ids"])
-        state.logprobs.extend(delta.get("logprobs", ()))
-        if "finish_reason" in delta:
-            state.finish_reason = delta["finish_reason"]
-            state.matched_stop_sequence = delta.get("matched_stop_sequence", "")
-        return pb.ChoiceDelta(
-            index=delta["index"],
-            text=delta["text"],
-            token_ids=delta["token_ids"],
-            finish_reason=finish_reason_pb(delta["finish_reason"]) if "finish_reason" in delta
-            else pb.FINISH_REASON_UNSPECIFIED,
-            matched_stop_sequence=delta.get("matched_stop_sequence", ""),
-            logprobs=_logprobs_pb(delta.get("logprobs", [])),
-        )
+    def _begin_attempt(self, attempt: int) -> None:
+        first = self._attempt == 0
+        self._attempt = attempt
+        if first:
+            return
+        if not self._streaming:
+            self._choices = [_ChoiceState() for _ in range(self._n)]
+        else:
+            self._replays = [_Replay() for _ in range(self._n)]
 
-    def _late_finishes(self, reasons: dict[str, str]) -> list[pb.ChoiceDelta]:
+    def _replay(self, delta: pb.ChoiceDelta) -> pb.ChoiceDelta | None:
+        """The part of a re-run's delta the caller has not seen yet (None while catching up)."""
+        assert self._replays is not None
+        replay, state = self._replays[delta.index], self._choices[delta.index]
+        if replay.caught_up:
+            self._apply_delta(delta)
+            return delta
+        replay.token_ids.extend(delta.token_ids)
+        replay.text += delta.text
+        replay.logprobs.extend(delta.logprobs)
+        sent = len(state.token_ids)
+        compared = min(sent, len(replay.token_ids))
+        if replay.token_ids[:compared] != state.token_ids[:compared] or (
+                delta.finish_reason and len(replay.token_ids) < sent):
+            raise self._not_reproduced(delta.index, sent)
+        if len(replay.token_ids) < sent:
+            return None
+        sent_text = "".join(state.text)
+        if not replay.text.startswith(sent_text):
+            if sent_text.startswith(replay.text) and not delta.finish_reason:
+                return None  # the detokenizer holds back a partial character
+            raise self._not_reproduced(delta.index, sent)
+        replay.caught_up = True
+        rest = pb.ChoiceDelta(index=delta.index, text=replay.text[len(sent_text):],
+                              token_ids=replay.token_ids[sent:],
+                              logprobs=replay.logprobs[len(state.logprobs):],
+                              finish_reason=delta.finish_reason,
+                              matched_stop_sequence=delta.matched_stop_sequence)
+        self._apply_delta(rest)
+        return rest if (rest.token_ids or rest.text or rest.finish_reason) else None
+
+    def _not_reproduced(self, index: int, sent: int) -> Unavailable:
+        return Unavailable(
+            f"request {self.request_id}: the worker serving it was lost after {sent} tokens of "
+            f"choice {index}, and the re-run on another worker did not reproduce them; "
+            "the request may be retried")
+
+    def _apply_delta(self, delta: pb.ChoiceDelta) -> None:
+        state = self._choices[delta.index]
+        state.text.append(delta.text)
+        state.token_ids.extend(delta.token_ids)
+        state.logprobs.extend(delta.logprobs)
+        if delta.finish_reason:
+            state.finish_reason = delta.finish_reason
+            state.matched_stop_sequence = delta.matched_stop_sequence
+
+    def _late_finishes(self, reasons: Sequence[int]) -> list[pb.ChoiceDelta]:
         """Choices whose finish the worker decided (cancel, deadline) rather than the engine."""
         late = []
         for index, state in enumerate(self._choices):
-            reason = reasons.get(str(index), "")
+            reason = reasons[index] if index < len(reasons) else pb.FINISH_REASON_UNSPECIFIED
             if reason and reason != state.finish_reason:
                 state.finish_reason = reason
-                late.append(pb.ChoiceDelta(index=index, finish_reason=finish_reason_pb(reason)))
+                late.append(pb.ChoiceDelta(index=index, finish_reason=reason))
         return late
 
     def summary(self) -> dict[str, Any]:
         """usage, served_by and timings, as keyword arguments for any response message."""
-        final = self._final or {}
+        final = self._final or Final()
         return {
-            "usage": pb.Usage(prompt_tokens=final.get("prompt_tokens", 0),
-                              completion_tokens=final.get("completion_tokens", 0)),
-            "served_by": pb.ServedBy(model=self._model,
-                                     model_version=final.get("model_version", ""),
-                                     pool=final.get("pool", ""), worker=final.get("worker", "")),
+            "usage": pb.Usage(prompt_tokens=final.prompt_tokens,
+                              completion_tokens=final.completion_tokens),
+            "served_by": pb.ServedBy(model=self._model, model_version=final.model_version,
+                                     pool=final.pool, worker=final.worker),
             "timings": self.clock.timings(),
         }
 
@@ -127,10 +179,9 @@ class ResultAssembler:
                 index=i,
                 text="".join(state.text),
                 token_ids=state.token_ids,
-                finish_reason=finish_reason_pb(state.finish_reason) if state.finish_reason
-                else pb.FINISH_REASON_UNSPECIFIED,
+                finish_reason=state.finish_reason,
                 matched_stop_sequence=state.matched_stop_sequence,
-                logprobs=_logprobs_pb(state.logprobs),
+                logprobs=state.logprobs,
             )
             for i, state in enumerate(self._choices)
         ]

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from codellama.fleet.v1 import inference_service_pb2, inference_service_pb2_grpc
+from fleet_server.bootstrap import FleetServer
+from fleet_server.metrics_http import serve_metrics
+from gateway.admission_control import admission_control_for
 from gateway.auth import Authenticator
-from gateway.dispatch import Dispatcher
-from gateway.interceptors import ErrorMappingInterceptor
+from gateway.autoscale_signal import AutoscaleSignal
+from gateway.backend_health import BackendHealth
+from gateway.dispatch import Dispatcher, RequestObserver
+from gateway.health_reporter import HealthReporter
+from gateway.key_ring import KeyRing
 from gateway.model_directory import ModelDirectory
 from gateway.prompts import PromptBuilder
+from gateway.quotas import Quotas
+from gateway.request_metrics import TokenMetrics, set_rollout_weights
 from gateway.servicer import InferenceServicer
 from gateway.settings import GatewaySettings
-from model_registry.database import open_engine
-from model_registry.store import RegistryStore
+from gateway.tenant_policies import TenantPolicies
+from gateway.usage_recorder import UsageRecorder
+from model_registry.reader import open_registry_reader
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -28,40 +33,67 @@ INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["Inference
 
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     """Runs the gateway until `stop` is set, then drains in-flight calls for a few seconds."""
-    store = RegistryStore(open_engine(settings.registry_url))
-    models = ModelDirectory(store, settings.registry_refresh_s)
-    models.load()
+    keys = KeyRing()  # the registry's API keys, refreshed with every registry poll
+    policies = TenantPolicies()  # the tenants' policies, refreshed with the keys
+    models = ModelDirectory(open_registry_reader(settings.registry_url,
+                                                 api_key=settings.registry_api_key),
+                            settings.registry_refresh_s, keys, policies)
+    await models.load_at_start()
     redis = Redis.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                           socket_timeout=settings.redis_socket_timeout_s)
-    dispatcher = Dispatcher(redis, worker_liveness_s=settings.worker_liveness_s)
+                           socket_timeout=settings.redis_socket_timeout_s,
+                           socket_connect_timeout=settings.redis_socket_connect_timeout_s)
+    health = BackendHealth(settings.redis_url, serving=redis,
+                           interval_s=settings.redis_probe_interval_s,
+                           timeout_s=settings.redis_probe_timeout_s)
+    health.start()
+    observers: list[RequestObserver] = [TokenMetrics()]
+    usage = None
+    if settings.usage_accounting:
+        usage = UsageRecorder(redis, result_retention_s=settings.result_retention_s,
+                              flush_interval_s=settings.usage_flush_s,
+                              stream_max_len=settings.usage_stream_max_len)
+        usage.start()
+        observers.append(usage)
+    quotas = Quotas(redis, policies, lease_ttl_s=settings.quota_lease_ttl_s)
+    dispatcher = Dispatcher(redis, worker_liveness_s=settings.worker_liveness_s,
+                            result_retention_s=settings.result_retention_s,
+                            lease_check_s=settings.lease_check_s,
+                            admission=admission_control_for(settings, redis),
+                            health=health, observers=tuple(observers),
+                            weight_of=policies.weight, quotas=quotas,
+                            wait_for_workers=settings.wait_for_workers)
     dispatcher.start()
-    servicer = InferenceServicer(settings, models, PromptBuilder(settings.limits), dispatcher,
-                                 Authenticator(settings.api_keys))
+    quotas.start()
+    prompts = PromptBuilder(settings.limits)
+    await prompts.preload(models.all_served())  # no request waits for a tokenizer to load
+    servicer = InferenceServicer(settings, models, prompts, dispatcher,
+                                 Authenticator(settings.api_keys, keys), policies)
 
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=[
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ])
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    await server.start()
-    for name in ("", INFERENCE_SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if settings.port_file:
-        staging = Path(settings.port_file + ".tmp")
-        staging.write_text(str(port))
-        staging.rename(settings.port_file)
+    server = FleetServer(
+        [INFERENCE_SERVICE], options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server.server)
+    port = await server.start(settings.host, settings.port, port_file=settings.port_file)
     log.info("gateway listening on %s:%d with %d models", settings.host, port, len(models.all()))
-    refresher = asyncio.create_task(models.keep_fresh())
+    reporter = HealthReporter(server.health, INFERENCE_SERVICE, models,
+                              dispatcher.live_worker_count, interval_s=settings.lease_check_s)
+    background = [asyncio.create_task(models.keep_fresh()),
+                  asyncio.create_task(reporter.run_forever())]
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+        signal = AutoscaleSignal(redis, models.all_served, liveness_s=settings.worker_liveness_s,
+                                 interval_s=settings.autoscale_interval_s,
+                                 default_capacity=settings.autoscale_default_capacity,
+                                 on_refresh=lambda: set_rollout_weights(models.rollouts()))
+        background.append(asyncio.create_task(signal.run_forever()))
     try:
         await stop.wait()
     finally:
-        await health_servicer.enter_graceful_shutdown()
-        refresher.cancel()
+        for task in background:
+            task.cancel()
         await server.stop(grace=5)
+        if usage is not None:
+            await usage.aclose()  # the last flush, after the last call ended
         await dispatcher.aclose()
+        await quotas.aclose()
+        await health.aclose()
         await redis.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,14 +15,20 @@ import grpc
 
 from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1 import inference_service_pb2_grpc as api_grpc
-from fleet_common.wire import GenerationTask, Mode
+from fleet_common.logs import bind_request
+from fleet_common.wire import GenerationTask
+from fleet_server import tracing
 from gateway.auth import Authenticator
-from gateway.dispatch import Dispatcher
+from gateway.call_tracing import request_attributes, result_attributes
+from gateway.dispatch import TaskDispatcher
 from gateway.model_directory import ModelDirectory
 from gateway.prompts import PromptBuilder, PromptInput
+from gateway.request_claims import fingerprint
+from gateway.request_metrics import CallRecord, recorded
+from gateway.request_run import RequestRun
 from gateway.responses import ResultAssembler
-from gateway.result_feeds import ResultFeed
 from gateway.settings import GatewaySettings
+from gateway.tenant_policies import TenantPolicies, check_priority
 from gateway.validation import (
     validate_model_name,
     validate_priority,
@@ -32,14 +39,41 @@ from gateway.validation import (
 from model_registry.records import ServedModel
 
 log = logging.getLogger(__name__)
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_context_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The caller's W3C trace context headers, carried to the worker with the task."""
+    return {key: value for key, value in context.invocation_metadata() or ()
+            if key in _TRACE_HEADERS and isinstance(value, str)}
+
+
+def _call_span(response_type: Any, context: grpc.aio.ServicerContext) -> Any:
+    """The call's server span, a child of the caller's traceparent when it sends one."""
+    rpc = response_type.DESCRIPTOR.name.removesuffix("Response")
+    return tracing.span(f"codellama.fleet.v1.InferenceService/{rpc}", kind=tracing.SpanKind.SERVER,
+                        parent_carrier=trace_context_of(context))
+
+
+def _record_result(record: CallRecord, call_span: Any, admitted: _Admitted,
+                   assembler: ResultAssembler, summary: dict[str, Any],
+                   choices: list[Any]) -> None:
+    record.clock, record.completion_tokens = assembler.clock, summary["usage"].completion_tokens
+    if call_span is not None:
+        call_span.set_attributes(result_attributes(
+            summary["usage"], [c.finish_reason for c in choices], admitted.task.attempt,
+            assembler.clock.queue_wait_ms))
 
 
 @dataclass(frozen=True)
 class _Admitted:
-    task: GenerationTask
+    run: RequestRun
     served: ServedModel
-    feed: ResultFeed
     received: float  # perf_counter when the call arrived, so timings include admission
+
+    @property
+    def task(self) -> GenerationTask:
+        return self.run.task
 
 
 class InferenceServicer(api_grpc.InferenceServiceServicer):
@@ -48,14 +82,18 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
         settings: GatewaySettings,
         models: ModelDirectory,
         prompts: PromptBuilder,
-        dispatcher: Dispatcher,
+        dispatcher: TaskDispatcher,
         auth: Authenticator,
+        policies: TenantPolicies | None = None,
     ) -> None:
+        """`policies`: the tenants' policies (priority ceilings); None: every tenant has the
+        defaults."""
         self._settings = settings
         self._models = models
         self._prompts = prompts
         self._dispatcher = dispatcher
         self._auth = auth
+        self._policies = policies if policies is not None else TenantPolicies()
 
     # Unary RPCs -------------------------------------------------------------------------------
 
@@ -90,7 +128,7 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
         served = self._models.resolve(validate_model_name(request.model),
                                       validate_routing_key(request.options) or tenant or None)
         prompt_input = PromptInput.preview(request)
-        built = self._prompts.build(served, prompt_input)
+        built = await self._prompts.build_async(served, prompt_input)
         if request.HasField("max_tokens"):
             self._prompts.check_budget(served, built, request.max_tokens)
         return self._prompts.preview_response(served, built)
@@ -105,8 +143,10 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
 
     # Shared path ------------------------------------------------------------------------------
 
-    async def _admit(self, prompt_input: PromptInput, request: Any,
-                     context: grpc.aio.ServicerContext) -> _Admitted:
+    async def admit(self, prompt_input: PromptInput, request: Any,
+                    context: grpc.aio.ServicerContext) -> _Admitted:
+        """Validates, builds the prompt (off the event loop when it is long), checks the
+        budget and submits the task: what every generation RPC does before it streams."""
         received = time.time()
         received_clock = time.perf_counter()
         tenant = self._auth.tenant_of(context)
@@ -114,26 +154,34 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
         sampling = validate_sampling(request.sampling, self._settings.limits)
         request_id = validate_request_id(request.options)
         priority = validate_priority(request.options)
-        served = self._models.resolve(model, validate_routing_key(request.options) or tenant or None)
-        built = self._prompts.build(served, prompt_input)
+        check_priority(self._policies.of(tenant), priority)
+        served = await self._models.resolve_serving(
+            model, validate_routing_key(request.options) or tenant or None, self._dispatcher)
+        built = await self._prompts.build_async(served, prompt_input)
         self._prompts.check_budget(served, built, sampling.max_tokens)
         task = GenerationTask(
             request_id=request_id,
+            tenant=tenant,
             model=served.model,
             model_version=served.version,
-            mode=built.mode,
             prompt_token_ids=built.token_ids,
             # ignore_eos means the format's end tokens too (EOS, EOT, <step>), as in vLLM.
             stop_token_ids=[] if sampling.ignore_eos else built.stop_token_ids,
             sampling=sampling,
-            decode_as_infill=built.mode is Mode.INFILL,
+            priority=priority,
             deadline_unix=self._deadline(received, context),
             enqueued_at_unix=time.time(),
-            tenant=tenant,
-            priority=priority,
+            attempt=1,
+            trace_context=trace_context_of(context),
         )
-        feed = await self._dispatcher.submit(task, served.queue, served.pool)
-        return _Admitted(task, served, feed, received_clock)
+        caller_seed = sampling.seed if sampling.HasField("seed") else None
+        if caller_seed is None and sampling.temperature > 0:
+            # A re-run after a lost worker then samples the same tokens, so a stream can
+            # continue where it stopped instead of failing.
+            task.sampling.seed = secrets.randbits(63)
+        run = await self._dispatcher.submit(task, served.queue, served.pool,
+                                            fingerprint=fingerprint(task, caller_seed=caller_seed))
+        return _Admitted(run, served, received_clock)
 
     def _deadline(self, received: float, context: grpc.aio.ServicerContext) -> float:
         """The client's deadline, slightly early so we answer before it gives up; else default."""
@@ -148,42 +196,63 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
     async def _events(self, admitted: _Admitted, assembler: ResultAssembler
                       ) -> AsyncIterator[list[Any] | None]:
         """Stream events as delta lists."""
-        async for event in self._dispatcher.events(admitted.feed, admitted.task,
-                                                   admitted.served.queue):
+        async for event in self._dispatcher.events(admitted.run):
             yield assembler.on_event(event)
 
     @contextlib.asynccontextmanager
     async def _until_final(self, admitted: _Admitted) -> AsyncIterator[None]:
         """Leaving before the final event (client gone, deadline, error) cancels the request
-        wherever it is, queued or generating."""
+        wherever it is, queued or generating (unless other callers share it)."""
         try:
             yield
         except BaseException:
-            await asyncio.shield(self._dispatcher.cancel(admitted.task.request_id))
+            await asyncio.shield(self._dispatcher.abandon(admitted.run))
             raise
-        finally:
-            self._dispatcher.release(admitted.feed)
+        await self._dispatcher.finish(admitted.run)
 
     async def _unary(self, response_type: Any, prompt_input: PromptInput, request: Any,
                      context: grpc.aio.ServicerContext) -> Any:
-        admitted = await self._admit(prompt_input, request, context)
-        assembler = ResultAssembler(admitted.task.request_id, admitted.served.model,
-                                    admitted.task.sampling.n, received=admitted.received)
-        async with self._until_final(admitted):
-            async for _ in self._events(admitted, assembler):
-                pass
-        return response_type(request_id=admitted.task.request_id, choices=assembler.choices(),
-                             **assembler.summary())
+        mode = prompt_input.mode.value
+        with recorded(mode, request.model) as record, \
+                _call_span(response_type, context) as call_span:
+            admitted = await self._traced_admit(prompt_input, request, context, call_span)
+            record.version = admitted.served.version
+            assembler = ResultAssembler(admitted.task.request_id, admitted.served.model,
+                                        admitted.task.sampling.n, received=admitted.received,
+                                        streaming=False)
+            async with self._until_final(admitted):
+                async for _ in self._events(admitted, assembler):
+                    pass
+            choices, summary = assembler.choices(), assembler.summary()
+            _record_result(record, call_span, admitted, assembler, summary, choices)
+            return response_type(request_id=admitted.task.request_id, choices=choices,
+                                 **summary)
 
     async def _stream(self, response_type: Any, prompt_input: PromptInput, request: Any,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        admitted = await self._admit(prompt_input, request, context)
-        rid = admitted.task.request_id
-        assembler = ResultAssembler(rid, admitted.served.model, admitted.task.sampling.n,
-                                    received=admitted.received)
-        async with self._until_final(admitted):
-            yield response_type(request_id=rid)
-            async for deltas in self._events(admitted, assembler):
-                if deltas:
-                    yield response_type(request_id=rid, deltas=deltas)
-        yield response_type(request_id=rid, **assembler.summary())
+        mode = prompt_input.mode.value
+        with recorded(mode, request.model) as record, \
+                _call_span(response_type, context) as call_span:
+            admitted = await self._traced_admit(prompt_input, request, context, call_span)
+            record.version = admitted.served.version
+            rid = admitted.task.request_id
+            assembler = ResultAssembler(rid, admitted.served.model, admitted.task.sampling.n,
+                                        received=admitted.received, streaming=True)
+            async with self._until_final(admitted):
+                yield response_type(request_id=rid)
+                async for deltas in self._events(admitted, assembler):
+                    if deltas:
+                        yield response_type(request_id=rid, deltas=deltas)
+            summary = assembler.summary()
+            _record_result(record, call_span, admitted, assembler, summary, assembler.choices())
+            yield response_type(request_id=rid, **summary)
+
+    async def _traced_admit(self, prompt_input: PromptInput, request: Any,
+                            context: grpc.aio.ServicerContext, call_span: Any) -> _Admitted:
+        with tracing.span("admission"):
+            admitted = await self.admit(prompt_input, request, context)
+        bind_request(admitted.task.request_id, admitted.task.tenant)
+        if call_span is not None:
+            call_span.set_attributes(request_attributes(prompt_input.mode.value, admitted.task,
+                                                        admitted.served))
+        return admitted

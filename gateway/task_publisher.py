@@ -1,9 +1,11 @@
-"""Puts task messages on their queues, many requests per Redis round trip.
+"""Puts requests in their queues' fair waiting lines (`fleet_common.fair_queue`), many per Redis
+round trip.
 
 Requests admitted while a write is on the wire wait for it to return and then go out together:
-one pipeline with one `LPUSH queue m1 m2 ...` per queue and one wake of the result reader. An
-idle gateway therefore writes each request at once, and a busy one pays redis-py's per-command
-cost once per batch rather than once per request (the auto-pipelining of ioredis / Lettuce).
+one pipeline with one enqueue script call per request (its item, its ticket) and one wake of the
+result reader. An idle gateway therefore writes each request at once, and a busy one pays
+redis-py's per-command cost once per batch rather than once per request (the auto-pipelining of
+ioredis / Lettuce).
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from fleet_common.fair_queue import ENQUEUE
+
 _MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
+class FairEntry:
+    """One request for its queue's waiting lines: `fair_queue.enqueue_keys` / `enqueue_args`."""
+
+    keys: list[str]
+    args: list[bytes | str | int]
+
+
+@dataclass(frozen=True)
 class _Pending:
-    queue: str
-    message: bytes
+    entry: FairEntry
     written: asyncio.Future[None]
 
 
@@ -29,17 +40,18 @@ class TaskPublisher:
                  max_batch: int = _MAX_BATCH) -> None:
         """`add_wake(pipe)` adds the write that restarts the gateway's blocked result read."""
         self._redis = redis
+        self._enqueue = redis.register_script(ENQUEUE)
         self._add_wake = add_wake
         self._max_batch = max_batch
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self.batches_written = 0
 
-    async def publish(self, queue: str, message: bytes) -> None:
-        """Returns once the message is on the queue; raises what Redis raised otherwise."""
+    async def publish(self, entry: FairEntry) -> None:
+        """Returns once the request waits in its line; raises what Redis raised otherwise."""
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         written.add_done_callback(_mark_retrieved)
-        self._pending.append(_Pending(queue, message, written))
+        self._pending.append(_Pending(entry, written))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all(), name="task-publisher")
         # Shielded: a caller that gives up cannot take the other requests' write down with it.
@@ -57,14 +69,11 @@ class TaskPublisher:
             _fail(stranded, ConnectionError("the task publisher stopped before writing"))
 
     async def _write(self, batch: list[_Pending]) -> None:
-        by_queue: dict[str, list[_Pending]] = {}
-        for item in batch:
-            by_queue.setdefault(item.queue, []).append(item)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 self._add_wake(pipe)
-                for queue, items in by_queue.items():
-                    pipe.lpush(queue, *(item.message for item in items))
+                for item in batch:
+                    await self._enqueue(keys=item.entry.keys, args=item.entry.args, client=pipe)
                 await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - every waiting request hears it, none hangs
             _fail(batch, exc)

@@ -7,7 +7,7 @@ import re
 import uuid
 
 from codellama.fleet.v1 import generation_pb2 as pb
-from fleet_common.errors import InvalidArgument, OutOfRange
+from fleet_common.errors import InvalidArgument, OutOfBounds
 from fleet_common.wire import Sampling
 from gateway.settings import Limits
 
@@ -20,59 +20,62 @@ def validate_sampling(params: pb.SamplingParams, limits: Limits) -> Sampling:
     f = "sampling."
     max_tokens = params.max_tokens if params.HasField("max_tokens") else limits.default_max_tokens
     if max_tokens < 1:
-        raise OutOfRange(f + "max_tokens", max_tokens, "at least 1")
+        raise OutOfBounds(f + "max_tokens", max_tokens, "at least 1")
     temperature = params.temperature if params.HasField("temperature") else 0.0
     if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
-        raise OutOfRange(f + "temperature", temperature, "between 0 and 2")
+        raise OutOfBounds(f + "temperature", temperature, "between 0 and 2")
     top_p = params.top_p if params.HasField("top_p") else 1.0
     if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
-        raise OutOfRange(f + "top_p", top_p, "greater than 0 and at most 1")
+        raise OutOfBounds(f + "top_p", top_p, "greater than 0 and at most 1")
     top_k = params.top_k if params.HasField("top_k") else 0
     if top_k > 100_000:
-        raise OutOfRange(f + "top_k", top_k, "at most 100000 (0 disables it)")
+        raise OutOfBounds(f + "top_k", top_k, "at most 100000 (0 disables it)")
     penalty = params.repetition_penalty if params.HasField("repetition_penalty") else 1.0
     if not math.isfinite(penalty) or not 0.0 < penalty <= 2.0:
-        raise OutOfRange(f + "repetition_penalty", penalty, "greater than 0 and at most 2")
+        raise OutOfBounds(f + "repetition_penalty", penalty, "greater than 0 and at most 2")
     stops = tuple(params.stop_sequences)
     if len(stops) > limits.max_stop_sequences:
-        raise OutOfRange(f + "stop_sequences", len(stops),
+        raise OutOfBounds(f + "stop_sequences", len(stops),
                          f"at most {limits.max_stop_sequences} entries")
     for i, stop in enumerate(stops):
         if not stop:
             raise InvalidArgument(f"{f}stop_sequences[{i}]", "must not be empty")
         if len(stop) > limits.max_stop_sequence_chars:
-            raise OutOfRange(f"{f}stop_sequences[{i}]", f"{len(stop)} characters",
+            raise OutOfBounds(f"{f}stop_sequences[{i}]", f"{len(stop)} characters",
                              f"at most {limits.max_stop_sequence_chars} characters")
     seed = params.seed if params.HasField("seed") else None
     if seed is not None and seed > _MAX_SEED:
-        raise OutOfRange(f + "seed", seed, f"at most {_MAX_SEED}")
+        raise OutOfBounds(f + "seed", seed, f"at most {_MAX_SEED}")
     n = params.n if params.HasField("n") else 1
     if not 1 <= n <= limits.max_n:
-        raise OutOfRange(f + "n", n, f"between 1 and {limits.max_n}")
+        raise OutOfBounds(f + "n", n, f"between 1 and {limits.max_n}")
     if n > 1 and temperature == 0.0:
         raise InvalidArgument(f + "n", f"n={n} needs sampling: set temperature above 0 "
                                        "(greedy decoding gives identical choices)")
     logprobs = params.logprobs if params.HasField("logprobs") else None
     if logprobs is not None and logprobs > limits.max_logprobs:
-        raise OutOfRange(f + "logprobs", logprobs, f"between 0 and {limits.max_logprobs}")
-    return Sampling(
+        raise OutOfBounds(f + "logprobs", logprobs, f"between 0 and {limits.max_logprobs}")
+    sampling = Sampling(
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
         repetition_penalty=penalty,
         stop_sequences=stops,
-        seed=seed,
         n=n,
-        logprobs=logprobs,
         ignore_eos=params.ignore_eos,
     )
+    if seed is not None:
+        sampling.seed = seed
+    if logprobs is not None:
+        sampling.logprobs = logprobs
+    return sampling
 
 
 def validate_request_id(options: pb.RequestOptions) -> str:
     if not options.request_id:
         return uuid.uuid4().hex
-    if not _REQUEST_ID.match(options.request_id):
+    if not _REQUEST_ID.fullmatch(options.request_id):
         raise InvalidArgument("options.request_id",
                               f"must be 1-128 characters of [A-Za-z0-9._:-], "
                               f"got {options.request_id[:140]!r}")
@@ -80,22 +83,23 @@ def validate_request_id(options: pb.RequestOptions) -> str:
 
 
 def validate_priority(options: pb.RequestOptions) -> int:
+    """The request's priority; PRIORITY_UNSPECIFIED is PRIORITY_NORMAL."""
     if options.priority not in pb.Priority.values():
         raise InvalidArgument("options.priority", f"unknown value {options.priority}; allowed: "
                               + ", ".join(pb.Priority.keys()))
-    return options.priority
+    return options.priority or pb.PRIORITY_NORMAL
 
 
 def validate_model_name(model: str) -> str:
     if not model:
         raise InvalidArgument("model", "is required (see ListModels for the served models)")
     if len(model) > 128:
-        raise OutOfRange("model", f"{len(model)} characters", "at most 128 characters")
+        raise OutOfBounds("model", f"{len(model)} characters", "at most 128 characters")
     return model
 
 
 def validate_routing_key(options: pb.RequestOptions) -> str | None:
     if len(options.routing_key) > 256:
-        raise OutOfRange("options.routing_key", f"{len(options.routing_key)} characters",
+        raise OutOfBounds("options.routing_key", f"{len(options.routing_key)} characters",
                          "at most 256 characters")
     return options.routing_key or None

@@ -112,3 +112,79 @@ class ServedRollout:
     state: RolloutState
     stable: ServedModel
     candidate: ServedModel | None
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    name: str
+    display_name: str
+    created_at: datetime
+    created_by: str
+    policy: TenantPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as operators see it: never its secret or hash."""
+
+    key_id: str
+    tenant: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str = ""
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """A usable key as it is checked: who it is and what it may do."""
+
+    key_id: str
+    key_sha256: str
+    tenant: str
+    key_name: str
+    scopes: tuple[str, ...]
+    expires_at: datetime | None = None
+
+    @property
+    def actor(self) -> str:
+        """What the registry records as who made a change."""
+        return f"{self.tenant}/{self.key_name}"
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+#: Request priorities as tenant settings name them, lowest first.
+PRIORITY_NAMES = ("low", "normal", "high")
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """What one tenant may use. A limit of 0 is no limit.
+
+    `weight` is the tenant's share when tenants compete for a queue (fair share); `max_priority`
+    is the highest priority its requests may ask for (one of PRIORITY_NAMES).
+    """
+
+    tenant: str
+    max_concurrent: int = 0
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    max_queued_job_items: int = 0
+    weight: int = 1
+    max_priority: str = "high"
+
+
+@dataclass(frozen=True)
+class AuthSnapshot:
+    """Every usable key, and whether calls without one are refused (once any key exists);
+    the policies of the tenants that have one (a tenant without one has TenantPolicy's
+    defaults)."""
+
+    grants: tuple[KeyGrant, ...] = ()
+    required: bool = False
+    policies: tuple[TenantPolicy, ...] = ()

@@ -120,5 +120,6 @@ def _add_version(store: RegistryStore, entry: CodeLlamaVariant | None,
         pool=pool or default_pool,
         # 0 leaves it to the pool, so an operator sizes a pool's workers in one place.
         tensor_parallel_size=tensor_parallel_size or 0,
-        max_model_len=context_limit or default_context, dtype=dtype), actor=actor,
+        max_model_len=context_limit or default_context, dtype=dtype,
+        variant=entry.name if entry else ""), actor=actor,
         fits=check_template_fits)

@@ -163,3 +163,43 @@ class RolloutEvent(Base):
     candidate_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     candidate_weight: Mapped[int] = mapped_column(Integer, default=0)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Tenant(Base):
+    """Who API keys belong to; gateways scope requests by its name."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    # The tenant's policy (records.TenantPolicy): limits of 0 are no limit.
+    max_concurrent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    requests_per_minute: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_per_minute: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_queued_job_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    max_priority: Mapped[str] = mapped_column(String(16), default="high", server_default="high")
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of the whole key is stored. Names stay taken after
+    revocation, so `<tenant>/<name>` in a history names one key."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(128))  # comma-separated, in api_keys.SCOPES order
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_by: Mapped[str] = mapped_column(String(128), default="")
+    tenant: Mapped[Tenant] = relationship()

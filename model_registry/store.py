@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
-from fleet_common.errors import AlreadyExists, InvalidArgument, NotFound, OutOfRange
+from fleet_common.errors import AlreadyExists, InvalidArgument, NotFound, OutOfBounds
 from model_registry.records import (
     CheckpointRecord,
     FileRecord,
@@ -35,6 +35,7 @@ from model_registry.schema import (
     RolloutEvent,
     Template,
 )
+from prompting.catalog import CATALOG, CodeLlamaVariant, catalog_entry
 
 DEFAULT_POOLS: tuple[tuple[str, int, str], ...] = (
     ("7b", 1, "Code Llama 7B and 13B, one GPU per worker"),
@@ -82,6 +83,16 @@ class NewModelVersion:
     max_model_len: int = 0  # 0: the checkpoint's context length
     dtype: str = "auto"
     quantization: str = ""
+    # The Code Llama catalog variant whose limits apply; "": the one named like the model or
+    # whose published weights the checkpoint was downloaded from, if any.
+    variant: str = ""
+
+
+def catalog_variant(new: NewModelVersion, source_repo: str) -> CodeLlamaVariant | None:
+    if new.variant:
+        return catalog_entry(new.variant)
+    return next((v for v in CATALOG if v.name == new.model
+                 or v.hf_repo.lower() == source_repo.lower()), None)
 
 
 def served_model(row: ModelVersion) -> ServedModel:
@@ -158,7 +169,7 @@ class RegistryStore:
     def set_pool(self, name: str, tensor_parallel_size: int, description: str = "") -> None:
         check_name("pool", name)
         if tensor_parallel_size < 1:
-            raise OutOfRange("tensor_parallel_size", tensor_parallel_size, "at least 1")
+            raise OutOfBounds("tensor_parallel_size", tensor_parallel_size, "at least 1")
         with self.transaction() as session:
             pool = session.get(Pool, name)
             if pool is None:
@@ -282,9 +293,15 @@ class RegistryStore:
                 if context < 1:
                     raise InvalidArgument("engine.max_model_len", f"checkpoint "
                                           f"{checkpoint.name!r} records no context length; set it")
-                if checkpoint.context_length and context > checkpoint.context_length:
-                    raise OutOfRange("engine.max_model_len", context,
-                                     f"at most the checkpoint's {checkpoint.context_length}")
+                bounds = [(checkpoint.context_length,
+                           f"the checkpoint's {checkpoint.context_length}")]
+                variant = catalog_variant(new, checkpoint.source_repo)
+                if variant is not None:
+                    bounds.append((variant.max_context_length,
+                                   f"{variant.max_context_length} for {variant.name}"))
+                limit, described = min((b for b in bounds if b[0]), default=(0, ""))
+                if limit and context > limit:
+                    raise OutOfBounds("engine.max_model_len", context, f"at most {described}")
                 model = session.get(Model, new.model)
                 first_version = model is None
                 if first_version:

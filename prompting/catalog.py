@@ -1,17 +1,21 @@
 """The twelve Code Llama variants and their serving defaults.
 
-Context defaults (docs/codellama-prompts.md, "Context length"): every model was trained on
-16,384-token sequences, and the long-context ones work up to 100,000 tokens with RoPE theta
-1e6, so `context_length` defaults to 16,384 and `max_context_length` says how far an operator
-may raise it. Meta said later (codellama issue 188) that 70B Python and 70B Instruct use RoPE
-theta 10,000 and 4,096 positions, which disagrees with some published configs; we default to
-Meta's statement for those two. The registry overrides all of this per checkpoint.
+The facts and their sources (the Code Llama paper, Meta's reference repository and README, the
+Hugging Face model cards, codellama issue 188) are in docs/codellama-prompts.md.
 
-Tokenizer layouts: "infill" (32,016 pieces; 7B/13B base and Instruct), "70b" (32,016 pieces
-with `<step>`, no dummy prefix; all 70B models, which share one tokenizer), "plain" (Llama 2's
-32,000 pieces; 34B and the 7B/13B/34B Python variants). The doc says both "all 70B models have
-32,016 pieces" and "every Python variant keeps 32,000"; we follow the first for 70B Python
-(its published config has vocab_size 32016).
+Context ("Context length" there): every model was trained on 16,384-token sequences, and the
+long-context ones work up to 100,000 tokens with RoPE theta 1e6, so `context_length` defaults to
+16,384 and `max_context_length` is 100,000. Meta said later (codellama issue 188) that 70B Python
+and 70B Instruct use RoPE theta 10,000 and 4,096 positions, which disagrees with some published
+configs; we follow Meta's statement for those two. The registry refuses a version of a variant
+whose `engine.max_model_len` exceeds `max_context_length`, or exceeds its checkpoint's own
+context length, so a checkpoint's config can allow less than this catalog.
+
+Tokenizer layouts ("Tokenizers" there): "infill" (32,016 pieces; 7B/13B base and Instruct),
+"70b" (32,016 pieces with `<step>`, no dummy prefix; all 70B models, which share one tokenizer),
+"plain" (Llama 2's 32,000 pieces; 34B and the 7B/13B/34B Python variants). 70B Python gets the
+70B tokenizer (its published config has vocab_size 32016), not the 32,000 pieces of the other
+Python variants.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class CodeLlamaVariant:
     tokenizer_layout: str  # "infill", "70b", "plain"
     vocab_size: int
     context_length: int  # default limit for prompt + generated tokens
-    max_context_length: int  # how far an operator may raise it
+    max_context_length: int  # the most a registered version may set (engine.max_model_len)
     rope_theta: float
     pool: str  # "7b" (7B and 13B), "34b", "70b"
     tensor_parallel_size: int

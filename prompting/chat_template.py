@@ -6,11 +6,14 @@ matched (`encode_template`). Because that encoding would also match such strings
 message, messages containing any special-token string are refused. No BOS is added beyond what
 the template writes (double BOS is a classic bug). Generation stops at EOS and at the template's
 end-of-turn token, found by rendering a probe exchange and reading which special token follows
-the assistant's text (`<|im_end|>` for ChatML).
+the assistant's text (`<|im_end|>` for ChatML). The probe is rendered once per (template,
+tokenizer), not per request.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 
 from fleet_common.errors import FailedPrecondition, InvalidArgument
@@ -20,6 +23,11 @@ from prompting.tokenizer import PromptTokenizer
 
 FORMAT = "hf-chat-template"
 _PROBE_ANSWER = "probe-answer-5f0c1e"
+
+# tokenizer -> template -> end-of-turn ids; an entry goes with its tokenizer.
+_end_of_turn: weakref.WeakKeyDictionary[PromptTokenizer, dict[str, tuple[int, ...]]] = (
+    weakref.WeakKeyDictionary())
+_end_of_turn_lock = threading.Lock()
 
 
 def build_template_chat(
@@ -46,8 +54,20 @@ def build_template_chat(
     )
 
 
-def end_of_turn_ids(template: str, tokenizer: PromptTokenizer) -> list[int]:
-    """The special token the template writes right after an assistant message, if any."""
+def end_of_turn_ids(template: str, tokenizer: PromptTokenizer) -> tuple[int, ...]:
+    """The special token the template writes right after an assistant message, if any;
+    probed on the first call for a (template, tokenizer), remembered afterwards."""
+    with _end_of_turn_lock:
+        known = _end_of_turn.get(tokenizer, {}).get(template)
+    if known is not None:
+        return known
+    found = tuple(_probe_end_of_turn(template, tokenizer))
+    with _end_of_turn_lock:
+        _end_of_turn.setdefault(tokenizer, {})[template] = found
+    return found
+
+
+def _probe_end_of_turn(template: str, tokenizer: PromptTokenizer) -> list[int]:
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE_ANSWER}]
     try:
         rendered = _render(template, probe, tokenizer, add_generation_prompt=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fleet_common.wire import Mode
+from prompting.modes import Mode
 
 
 class ChatFormat(StrEnum):

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV="${FLEET_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-if ! "$VENV/bin/python" -m pip install -q -e ".[cpu,demo,dev,bench]" >"$VENV/pip-install.log" 2>&1
+if ! "$VENV/bin/python" -m pip install -q -e ".[cpu,demo,dev,bench,peers]" >"$VENV/pip-install.log" 2>&1
 then
   cat "$VENV/pip-install.log" >&2
   exit 1

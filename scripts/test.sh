@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 VENV="${FLEET_VENV:-.venv}"
 export PATH="$PWD/$VENV/bin:$PATH"
 ./scripts/check_protos.sh
+lint-imports --no-cache --no-logo  # the layers (pyproject.toml [tool.importlinter])
 exec python -m pytest "$@"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.redis_server import throwaway_redis
+
+# Gateways and registries the tests start record and consume usage only where a test asks:
+# a registry started without its own FLEET_REDIS_URL would otherwise consume (and delete) the
+# usage stream of whatever Redis answers on the default URL.
+os.environ.setdefault("FLEET_USAGE_ACCOUNTING", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_CACHE = REPO_ROOT / ".cache" / "test-checkpoints"

@@ -1,38 +1,31 @@
 """Start a worker: `python -m workers --model NAME [--model-version V] [...]`.
 
 Loads the model version from the registry, starts its engine, then consumes that version's
-queue with a thread pool whose threads all feed the one engine.
+queue with a thread pool whose threads all feed the one engine. Every setting is a `FLEET_*`
+environment variable and a flag (`--help` lists them); a flag wins over its variable.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
+from celery import signals
+from celery.worker import state as celery_state
+
 from fleet_common.celery_app import make_celery_app
-from model_registry.database import open_engine
+from fleet_common.logs import configure_logging
+from fleet_common.settings.loading import load_settings
+from fleet_server import tracing
+from fleet_server.metrics_http import serve_metrics
+from model_registry.reader import open_registry_reader
 from model_registry.records import ServedModel
-from model_registry.store import RegistryStore
+from model_registry.verification import CheckpointCorrupted, verify_before_load
 from workers.engine import EngineConfig, VllmEngine
+from workers.metrics import WorkerMetrics
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 from workers.tasks import register_tasks
-from workers.verification import CheckpointCorrupted, verify_before_load
-
-
-def parse_overrides(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
-    parser.add_argument("--model")
-    parser.add_argument("--model-version")
-    parser.add_argument("--redis-url")
-    parser.add_argument("--registry-url")
-    parser.add_argument("--worker-name")
-    parser.add_argument("--concurrency", type=int)
-    parser.add_argument("--enforce-eager", action="store_true", default=None)
-    parser.add_argument("--kv-cache-gib", type=int)
-    args = parser.parse_args(argv)
-    return {k: v for k, v in vars(args).items() if v is not None}
 
 
 def engine_config(served: ServedModel, settings: WorkerSettings) -> EngineConfig:
@@ -46,19 +39,29 @@ def engine_config(served: ServedModel, settings: WorkerSettings) -> EngineConfig
         max_num_seqs=settings.max_num_seqs,
         kv_cache_gib=settings.kv_cache_gib,
         quantization=served.quantization or None,
+        log_stats=settings.metrics_port is not None,
     )
 
 
+def stop_consuming(exit_code: int) -> None:
+    """Starts the Celery worker's warm shutdown, exiting with `exit_code`, as its SIGTERM
+    handler does: by setting the flag its consumer loop polls. Safe from any thread."""
+    celery_state.should_stop = exit_code
+
+
 def main(argv: list[str] | None = None) -> None:
-    settings = WorkerSettings(**parse_overrides(argv))  # type: ignore[arg-type]
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(WorkerSettings, argv, prog="python -m workers", description=__doc__)
+    configure_logging(settings.log_level, settings.log_format)
+    tracing.configure("codellama-fleet-worker")
     if not settings.model:
         raise SystemExit("--model (or FLEET_MODEL) is required")
     log = logging.getLogger("workers")
-    store = RegistryStore(open_engine(settings.registry_url))
-    served = store.get_version(settings.model, settings.model_version)
-    checkpoint = store.get_checkpoint(served.checkpoint)
+    registry = open_registry_reader(settings.registry_url, api_key=settings.registry_api_key)
+    try:
+        served = registry.get_version(settings.model, settings.model_version)
+        checkpoint = registry.get_checkpoint(served.checkpoint)
+    finally:
+        registry.close()
     try:
         verify_before_load(Path(served.checkpoint_dir), checkpoint.files,
                            check_hashes=settings.verify_checksums,
@@ -67,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
         log.error("%s@%s: %s", served.model, served.version, exc)
         raise SystemExit(3) from exc
     config = engine_config(served, settings)
-    runtime = WorkerRuntime(settings, served, lambda: VllmEngine(config))
+    metrics = WorkerMetrics(settings.worker_name, served.queue)
+    stat_loggers = [metrics.stat_logger_factory()] if config.log_stats else None
+    runtime = WorkerRuntime(settings, served, lambda: VllmEngine(config, stat_loggers),
+                            request_exit=stop_consuming, metrics=metrics)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     runtime.start()
     log.info(
         "engine ready: %s@%s (pool %s, TP %d) consuming %s",
@@ -86,9 +94,15 @@ def main(argv: list[str] | None = None) -> None:
             without_gossip=True,
             loglevel=settings.log_level,
         )
+        # Sent by Celery's SIGTERM (warm) and SIGQUIT (cold) handlers before it stops consuming.
+        signals.worker_shutting_down.connect(
+            lambda how="Warm", **_: runtime.begin_drain(immediate=how == "Cold"), weak=False)
         worker.start()
     finally:
         runtime.stop()
+        tracing.shutdown()
+    if worker.exitcode or runtime.exit_code:
+        raise SystemExit(worker.exitcode or runtime.exit_code)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ them one by one would cost 32 round trips per step.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from redis.asyncio import Redis
 
 from fleet_common.keys import result_stream
-from fleet_common.wire import EventKind, StreamEvent
+from fleet_common.wire import StreamEvent, event_fields
 
 
 class ResultStreamWriter:
@@ -21,17 +20,17 @@ class ResultStreamWriter:
         self._redis = redis
         self._ttl_s = ttl_s
         self._max_len = max_len
-        self._pending: list[tuple[str, dict[str, str], bool, asyncio.Future[None]]] = []
+        self._pending: list[tuple[str, dict[bytes, bytes], bool, asyncio.Future[None]]] = []
 
-    async def write(self, request_id: str, kind: EventKind, data: dict[str, Any]) -> None:
+    async def write(self, scope: str, event: StreamEvent) -> None:
         """Returns once the event is in Redis. Events of one request keep their order because
         each request awaits its previous write before making the next."""
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        self._pending.append((result_stream(request_id), StreamEvent(kind, data).to_fields(),
-                              kind is not EventKind.DELTA, written))
+        self._pending.append((result_stream(scope), event_fields(event),
+                              not event.HasField("delta"), written))
         await asyncio.shield(written)
 
     async def _flush(self) -> None:

@@ -1,4 +1,4 @@
-"""The three backends, each behind `Backend`: start, run_request, close.
+"""The backends, each behind `Backend`: start, run_request, close.
 
 `run_request(prompt, output_len)` sends one greedy request for exactly `output_len` tokens
 (EOS ignored) and returns its `RequestRecord`; it never raises for a failed request.
@@ -37,8 +37,16 @@ def make_backend(name: str, target: dict[str, Any]) -> Backend:
         from bench.backends.vllm_server import VllmServerBackend
 
         return VllmServerBackend(**target)
-    if name == "fleet":
+    if name in ("fleet", "fleet-traced"):
         from bench.backends.fleet import FleetBackend
 
         return FleetBackend(**target)
+    if name == "vllm-grpc":
+        from bench.backends.vllm_grpc import VllmGrpcBackend
+
+        return VllmGrpcBackend(**target)
+    if name == "smg":
+        from bench.backends.smg_router import SmgRouterBackend
+
+        return SmgRouterBackend(**target)
     raise ValueError(f"unknown backend {name!r}")

@@ -48,10 +48,11 @@ def create_registry(path: Path, engine: EngineSettings) -> Registry:
     migrate(db)
     store = RegistryStore(db)
     store.ensure_default_pools()
-    kwargs: dict[str, Any] = dict(
-        model=engine.model_name, version=MODEL_VERSION, checkpoint_dir=Path(engine.model_dir),
-        variant=engine.variant, context_limit=engine.max_model_len,
-        tensor_parallel_size=engine.tensor_parallel_size, dtype=engine.dtype)
+    kwargs: dict[str, Any] = {
+        "model": engine.model_name, "version": MODEL_VERSION,
+        "checkpoint_dir": Path(engine.model_dir), "variant": engine.variant,
+        "context_limit": engine.max_model_len,
+        "tensor_parallel_size": engine.tensor_parallel_size, "dtype": engine.dtype}
     served = registration.register_model(store, **kwargs)
     db.dispose()
     return Registry(url=url, queue=served.queue, pool=served.pool)
@@ -73,10 +74,17 @@ class FleetDeployment:
 
     @staticmethod
     def start(engine: EngineSettings, run_dir: Path, log_level: str = "INFO",
-              on_step: Any = None) -> FleetDeployment:
+              on_step: Any = None, worker_env: dict[str, str] | None = None,
+              gateway_extra_env: dict[str, str] | None = None,
+              prepare_registry: Any = None) -> FleetDeployment:
+        """`worker_env` and `gateway_extra_env` add settings (e.g. FLEET_CONCURRENCY);
+        `prepare_registry(registry)` runs once the registry exists, before any process starts
+        (e.g. to create tenants and keys)."""
         log_dir = run_dir / "logs"
         step = on_step or (lambda _msg: None)
         registry = create_registry(run_dir / "registry.db", engine)
+        if prepare_registry is not None:
+            prepare_registry(registry)
         port = free_port()
         deployment = FleetDeployment(registry, f"redis://127.0.0.1:{port}/0")
         try:
@@ -86,13 +94,14 @@ class FleetDeployment:
             env = {"FLEET_REGISTRY_URL": registry.url, "FLEET_MODEL": engine.model_name,
                    "FLEET_ENFORCE_EAGER": "true" if engine.enforce_eager else "false",
                    "FLEET_KV_CACHE_GIB": str(engine.kv_cache_gib),
-                   "FLEET_LOG_LEVEL": log_level, **engine.env()}
+                   "FLEET_LOG_LEVEL": log_level, **engine.env(), **(worker_env or {})}
             deployment.processes["worker"] = start_worker(
                 WORKER_NAME, env, log_dir, redis_url=deployment.redis_url,
                 queue=registry.queue, timeout=engine.startup_timeout_s)
             step("starting the gateway")
             gateway, gport = start_gateway(
-                gateway_env(registry, deployment.redis_url, log_level), log_dir)
+                {**gateway_env(registry, deployment.redis_url, log_level),
+                 **(gateway_extra_env or {})}, log_dir)
             deployment.processes["gateway"] = gateway
             deployment.target = f"127.0.0.1:{gport}"
         except BaseException:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fleet_common.wire import Mode
+from prompting.modes import Mode
 from gateway.prompts import EnginePrompt, PromptBuilder, PromptInput
 from gateway.settings import Limits
 from model_registry.store import ServedModel

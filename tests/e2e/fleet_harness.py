@@ -8,8 +8,13 @@ from pathlib import Path
 import grpc
 
 from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
-from fleet_cli.processes import ManagedProcess, spawn, start_gateway, start_worker, wait_until
-from fleet_common.keys import live_workers
+from fleet_cli.processes import (
+    ManagedProcess,
+    spawn,
+    start_gateway,
+    start_worker,
+    wait_for_heartbeat,
+)
 from model_registry.database import migrate, open_engine
 from model_registry.registration import register_model
 from model_registry.store import RegistryStore, ServedModel
@@ -57,12 +62,9 @@ class Fleet:
 
     def wait_for_worker(self, name: str, model: str, version: str | None = None,
                         timeout: float = 400.0) -> None:
-        import redis
-
-        queue = self.store.get_version(model, version).queue
-        client = redis.Redis.from_url(self.redis_url)
-        wait_until(lambda: client.zscore(live_workers(queue), name) is not None, timeout,
-                   f"worker {name} to serve {queue}", self.workers[name])
+        wait_for_heartbeat(self.workers[name], redis_url=self.redis_url,
+                           queue=self.store.get_version(model, version).queue, worker=name,
+                           timeout=timeout)
 
     def start_worker(self, name: str, model: str, extra_env: dict[str, str] | None = None
                      ) -> ManagedProcess:

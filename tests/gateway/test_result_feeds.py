@@ -10,8 +10,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from codellama.fleet.v1 import generation_pb2 as pb
 from fleet_common.keys import result_stream
-from fleet_common.wire import EventKind, StreamEvent
+from fleet_common.wire import Delta, Started, StreamEvent, event_fields
 from gateway.result_feeds import FeedDeadline, ResultFeeds
 
 # A stuck read fails its test in a minute instead of holding the whole run.
@@ -25,6 +26,11 @@ _SOCKET_TIMEOUT_S = _BLOCK_MS / 1000 + 6
 
 async def _xread_calls(redis: Redis) -> int:
     return int((await redis.info("commandstats")).get("cmdstat_xread", {}).get("calls", 0))
+
+
+
+def _delta(i: int) -> StreamEvent:
+    return StreamEvent(attempt=1, delta=Delta(choices=[pb.ChoiceDelta(token_ids=[i])]))
 
 
 async def test_one_read_serves_every_open_request_in_order(redis_url: str) -> None:
@@ -41,11 +47,12 @@ async def test_one_read_serves_every_open_request_in_order(redis_url: str) -> No
     async with redis.pipeline(transaction=False) as pipe:
         for rid in rids:
             for i in range(3):
-                pipe.xadd(result_stream(rid), StreamEvent(EventKind.DELTA, {"i": i}).to_fields())
+                pipe.xadd(result_stream(rid), event_fields(_delta(i)))
         await pipe.execute()
     for feed in opened:
         events = [await asyncio.wait_for(feed.next(), 10) for _ in range(3)]
-        assert [e.data["i"] for e in events if isinstance(e, StreamEvent)] == [0, 1, 2]
+        assert [e.delta.choices[0].token_ids[0] for e in events if isinstance(e, StreamEvent)] == [
+            0, 1, 2]
     # 60 entries in 20 streams came back in a handful of reads, not one read per stream
     assert await _xread_calls(redis) - before <= 4
     for feed in opened:
@@ -64,11 +71,12 @@ async def test_a_feed_opened_while_the_read_blocks_is_read_after_a_wake(redis_ur
     feed = feeds.open(rid, time.time() + 60)
     async with redis.pipeline(transaction=False) as pipe:
         feeds.wake(pipe)
-        pipe.xadd(result_stream(rid), StreamEvent(EventKind.STARTED, {"worker": "w"}).to_fields())
+        pipe.xadd(result_stream(rid),
+                  event_fields(StreamEvent(attempt=1, started=Started(worker="w"))))
         await pipe.execute()
     # Without the wake the event would wait for the block to end.
     event = await asyncio.wait_for(feed.next(), _BLOCK_MS / 1000 / 2)
-    assert isinstance(event, StreamEvent) and event.data == {"worker": "w"}
+    assert isinstance(event, StreamEvent) and event.started.worker == "w"
     feeds.close(feed)
     # Closing stops the reader even when redis-py swallows the cancel mid-read.
     await asyncio.wait_for(feeds.aclose(), _BLOCK_MS / 1000 + 2)
@@ -115,4 +123,85 @@ async def test_close_ends_a_read_that_ignores_its_cancel(redis_url: str) -> None
     await asyncio.sleep(0.2)
     await asyncio.wait_for(feeds.aclose(), 10)
     assert feeds._reader.done() and reads_ended_by, reads_ended_by
+    await redis.aclose()
+
+
+async def test_a_caller_attaching_late_to_a_stream_gets_it_from_the_start(redis_url: str) -> None:
+    """Two callers of one request id share one stream key: the second, opened after three
+    entries, still gets all of them, and the first gets none twice."""
+    redis = Redis.from_url(redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
+    feeds = ResultFeeds(redis, block_ms=_BLOCK_MS)
+    feeds.start()
+    rid = uuid.uuid4().hex
+    early = feeds.open(rid, time.time() + 60)
+    await feeds.wake_now()
+    for i in range(3):
+        await redis.xadd(result_stream(rid), event_fields(_delta(i)))
+    got_early = [await asyncio.wait_for(early.next(), 5) for _ in range(3)]
+    late = feeds.open(rid, time.time() + 60)
+    await feeds.wake_now()
+    await redis.xadd(result_stream(rid), event_fields(_delta(3)))
+    got_late = [await asyncio.wait_for(late.next(), 5) for _ in range(4)]
+    got_early.append(await asyncio.wait_for(early.next(), 5))
+
+    def ids(events: list[object]) -> list[int]:
+        return [e.delta.choices[0].token_ids[0] for e in events]  # type: ignore[attr-defined]
+
+    assert ids(got_early) == ids(got_late) == [0, 1, 2, 3]
+    assert early.items.empty() and late.items.empty()
+    feeds.close(early)
+    feeds.close(late)
+    await feeds.aclose()
+    await redis.aclose()
+
+
+async def test_a_caller_attaching_while_a_read_is_blocked_still_gets_every_entry(
+        redis_url: str) -> None:
+    """The read in flight started from the first caller's position; the entry it returns must
+    not move the second caller past the three entries that read never covered."""
+    redis = Redis.from_url(redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
+    feeds = ResultFeeds(redis, block_ms=_BLOCK_MS)
+    feeds.start()
+    rid = uuid.uuid4().hex
+    early = feeds.open(rid, time.time() + 60)
+    await feeds.wake_now()
+    for i in range(3):
+        await redis.xadd(result_stream(rid), event_fields(_delta(i)))
+    got_early = [await asyncio.wait_for(early.next(), 5) for _ in range(3)]
+    await asyncio.sleep(0.2)  # the reader blocks again, from early's last entry
+    late = feeds.open(rid, time.time() + 60)  # no wake: the blocked read does not know it
+    await redis.xadd(result_stream(rid), event_fields(_delta(3)))
+    got_late = [await asyncio.wait_for(late.next(), 5) for _ in range(4)]
+    got_early.append(await asyncio.wait_for(early.next(), 5))
+
+    def ids(events: list[object]) -> list[int]:
+        return [e.delta.choices[0].token_ids[0] for e in events]  # type: ignore[attr-defined]
+
+    assert ids(got_late) == ids(got_early) == [0, 1, 2, 3]
+    await asyncio.sleep(0.3)
+    assert early.items.empty() and late.items.empty()
+    feeds.close(early)
+    feeds.close(late)
+    await feeds.aclose()
+    await redis.aclose()
+
+
+async def test_a_reply_read_for_a_caller_that_left_gives_the_one_left_nothing_twice(
+        redis_url: str) -> None:
+    """A read started from a behind caller's position; that caller leaves before the reply.
+    The caller that stays, now alone on the key, must take only the entries it lacks."""
+    redis = Redis.from_url(redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
+    feeds = ResultFeeds(redis, block_ms=_BLOCK_MS)
+    rid = uuid.uuid4().hex
+    key = result_stream(rid).encode()
+    ids = [await redis.xadd(key, event_fields(_delta(i))) for i in range(4)]
+    stayer = feeds.open(rid, time.time() + 60)
+    leaver = feeds.open(rid, time.time() + 60)
+    stayer.last_id = ids[1]  # stayer has had 0 and 1; leaver had nothing
+    reply = await redis.xread({key: b"0-0"})
+    feeds.close(leaver)
+    feeds._deliver(key, b"0-0", reply[0][1])
+    got = [stayer.items.get_nowait() for _ in range(stayer.items.qsize())]
+    assert [e.delta.choices[0].token_ids[0] for e in got] == [2, 3]  # type: ignore[union-attr]
+    feeds.close(stayer)
     await redis.aclose()

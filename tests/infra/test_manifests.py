@@ -1,15 +1,12 @@
-"""The Kubernetes manifests agree with the code: queue names, settings, ports."""
+"""infra/k8s/redis.yaml, the Redis the Helm chart's default URL points at, runs the shipped
+config with its data on a persistent volume. (The fleet's own objects are the chart's:
+tests/infra/test_helm_chart.py.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import yaml
-
-from fleet_common.keys import queue_name
-from gateway.settings import GatewaySettings
-from model_registry.__main__ import RegistrySettings
-from workers.settings import WorkerSettings
 
 K8S = Path(__file__).resolve().parents[2] / "infra" / "k8s"
 
@@ -21,44 +18,17 @@ def _documents() -> list[dict]:
     return docs
 
 
-def _env_names(container: dict) -> set[str]:
-    return {e["name"] for e in container.get("env", [])}
-
-
-def test_every_manifest_parses_and_names_a_kind() -> None:
-    docs = _documents()
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "ConfigMap", "ScaledObject"}
-    assert all(d["metadata"]["namespace"] == "codellama-fleet" for d in docs)
-
-
-def test_each_worker_is_scaled_on_its_own_queue() -> None:
-    docs = _documents()
-    workers = {d["metadata"]["name"]: d for d in docs
-               if d["kind"] == "Deployment"
-               and d["metadata"].get("labels", {}).get("app") == "fleet-worker"}
-    scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
-    assert workers and set(workers) == set(scaled)
-    for name, deployment in workers.items():
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
-        env = {e["name"]: e.get("value") for e in
-               deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert (env["FLEET_MODEL"], env["FLEET_MODEL_VERSION"]) == (labels["model"],
-                                                                   labels["version"])
-        expected = queue_name(labels["pool"], labels["model"], labels["version"])
-        assert scaled[name]["spec"]["triggers"][0]["metadata"]["listName"] == expected
-
-
-def test_every_fleet_variable_is_a_real_setting() -> None:
-    known = {f"FLEET_{name.upper()}" for settings in (GatewaySettings, WorkerSettings,
-                                                      RegistrySettings)
-             for name in settings.model_fields}
-    docs = _documents()
-    names: set[str] = set()
-    for d in docs:
-        if d["kind"] in ("ConfigMap", "Secret"):
-            names |= set(d.get("data", {})) | set(d.get("stringData", {}))
-        if d["kind"] == "Deployment":
-            for container in d["spec"]["template"]["spec"]["containers"]:
-                names |= _env_names(container)
-    fleet_names = {n for n in names if n.startswith("FLEET_")}
-    assert fleet_names and fleet_names <= known, fleet_names - known
+def test_redis_runs_the_shipped_config_with_its_data_on_a_persistent_volume() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _documents()}
+    config = docs[("ConfigMap", "fleet-redis-config")]
+    assert config["data"]["redis.conf"] == (K8S.parent / "redis" / "redis.conf").read_text()
+    redis = docs[("StatefulSet", "fleet-redis")]
+    pod = redis["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    command = container["command"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    config_volume = next(v["name"] for v in pod["volumes"]
+                         if v.get("configMap", {}).get("name") == "fleet-redis-config")
+    assert command[:2] == ["redis-server", f"{mounts[config_volume]}/redis.conf"]
+    claims = {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
+    assert command[command.index("--dir") + 1] in {mounts[name] for name in claims}

@@ -1,33 +1,64 @@
-"""RegistryService over real gRPC, on SQLite and PostgreSQL: statuses, races, checksums."""
+"""RegistryService over real gRPC, on SQLite and PostgreSQL: statuses, races, checksums, and
+canaries refused while their version has no live worker (heartbeats in a real Redis)."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from codellama.fleet.v1 import registry_service_pb2 as pb
 from codellama.fleet.v1.registry_service_pb2_grpc import RegistryServiceStub
-from fleet_cli.processes import spawn, wait_until
+from fleet_cli.processes import free_port, spawn, wait_until
+from fleet_common.keys import live_workers
+from model_registry.rollouts import FORCED_MARK
+
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture
-def registry(database_url: str, tmp_path: Path) -> Iterator[RegistryServiceStub]:
+@contextmanager
+def _registry(database_url: str, redis_url: str, tmp_path: Path
+              ) -> Iterator[RegistryServiceStub]:
     port_file = tmp_path / "registry.port"
     proc = spawn("registry", [sys.executable, "-m", "model_registry", "--port", "0",
                               "--port-file", str(port_file)], tmp_path,
-                 {"FLEET_REGISTRY_URL": database_url})
+                 {"FLEET_REGISTRY_URL": database_url, "FLEET_REDIS_URL": redis_url,
+                  "FLEET_REGISTRY_AUTH": "off"})  # authentication: test_registry_auth.py
     try:
         wait_until(port_file.exists, 60, "registry port", proc)
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
             yield RegistryServiceStub(channel)
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def heartbeats(redis_url: str) -> Iterator[redis.Redis]:
+    """The Redis the registry reads workers' heartbeats from, emptied for each test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def registry(database_url: str, redis_url: str, heartbeats: redis.Redis,
+             tmp_path: Path) -> Iterator[RegistryServiceStub]:
+    with _registry(database_url, redis_url, tmp_path) as stub:
+        yield stub
+
+
+def _worker_of(heartbeats: redis.Redis, queue: str, age_s: float = 0.0) -> None:
+    """A worker's heartbeat on `queue`, `age_s` old (negative: it stays fresh that long)."""
+    heartbeats.zadd(live_workers(queue), {f"worker-of-{queue}": time.time() - age_s})
 
 
 def _code(call, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
@@ -47,9 +78,10 @@ def _setup(stub: RegistryServiceStub, checkpoint: Path) -> None:
             engine=pb.EngineSettings(max_model_len=2048), actor="ops"), timeout=30)
 
 
-def test_operator_workflow_and_history(registry: RegistryServiceStub,
+def test_operator_workflow_and_history(registry: RegistryServiceStub, heartbeats: redis.Redis,
                                        tiny_checkpoints: dict[str, Path]) -> None:
     _setup(registry, tiny_checkpoints["infill"])
+    _worker_of(heartbeats, "fleet.7b.m.v2")
     checkpoint = registry.GetCheckpoint(pb.GetCheckpointRequest(name="ck"), timeout=10).checkpoint
     assert len(checkpoint.files) >= 5 and all(len(f.sha256) == 64 for f in checkpoint.files)
     versions = registry.ListModelVersions(pb.ListModelVersionsRequest(model="m"),
@@ -121,16 +153,18 @@ def test_canary_on_a_checkpoint_whose_checksum_no_longer_matches_is_refused(
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
     code, details = _code(registry.StartCanary, pb.StartCanaryRequest(
-        change=pb.RolloutChange(model="m", actor="alice"), candidate_version="v3", weight=5))
+        change=pb.RolloutChange(model="m", actor="alice"), candidate_version="v3", weight=5,
+        force=True))  # force skips the live-worker check, never the checksums
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "model.safetensors" in details and "sha256" in details
     assert registry.GetRollout(pb.GetRolloutRequest(model="m"),
                                timeout=10).rollout.candidate_version == ""
 
 
-def test_two_operators_racing_over_grpc(registry: RegistryServiceStub,
+def test_two_operators_racing_over_grpc(registry: RegistryServiceStub, heartbeats: redis.Redis,
                                         tiny_checkpoints: dict[str, Path]) -> None:
     _setup(registry, tiny_checkpoints["infill"])
+    _worker_of(heartbeats, "fleet.7b.m.v2", age_s=-60)
     start = registry.StartCanary(pb.StartCanaryRequest(
         change=pb.RolloutChange(model="m", actor="alice"), candidate_version="v2", weight=10),
         timeout=60).rollout
@@ -159,3 +193,47 @@ def test_two_operators_racing_over_grpc(registry: RegistryServiceStub,
     events = registry.ListRolloutEvents(pb.ListRolloutEventsRequest(model="m"), timeout=10).events
     assert [(e.action, e.actor) for e in events][-1] == ("set_weight", winner)
     assert len(events) == 3
+
+
+@SQLITE_ONLY
+def test_a_canary_no_live_worker_serves_is_refused_unless_forced(
+        registry: RegistryServiceStub, heartbeats: redis.Redis,
+        tiny_checkpoints: dict[str, Path]) -> None:
+    _setup(registry, tiny_checkpoints["infill"])
+    _worker_of(heartbeats, "fleet.7b.m.v2", age_s=60)  # it stopped a minute ago
+    _worker_of(heartbeats, "fleet.7b.m.v1")
+    change = pb.RolloutChange(model="m", actor="alice", reason="v2 warm-up")
+    code, details = _code(registry.StartCanary, pb.StartCanaryRequest(
+        change=change, candidate_version="v2", weight=10))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "m@v2 (queue fleet.7b.m.v2)" in details and "force" in details, details
+    assert registry.GetRollout(pb.GetRolloutRequest(model="m"), timeout=10).rollout.revision == 1
+
+    rollout = registry.StartCanary(pb.StartCanaryRequest(
+        change=change, candidate_version="v2", weight=10, force=True), timeout=60).rollout
+    assert (rollout.candidate_version, rollout.candidate_weight) == ("v2", 10)
+    code, details = _code(registry.SetCanaryWeight, pb.SetCanaryWeightRequest(
+        change=change, weight=50))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "fleet.7b.m.v2" in details, details
+    registry.SetCanaryWeight(pb.SetCanaryWeightRequest(change=change, weight=0), timeout=30)
+    _worker_of(heartbeats, "fleet.7b.m.v2")  # it is back
+    registry.SetCanaryWeight(pb.SetCanaryWeightRequest(change=change, weight=50), timeout=30)
+    events = registry.ListRolloutEvents(pb.ListRolloutEventsRequest(model="m"), timeout=10).events
+    assert [(e.action, e.candidate_weight, e.reason) for e in events[1:]] == [
+        ("start_canary", 10, f"{FORCED_MARK} v2 warm-up"), ("set_weight", 0, "v2 warm-up"),
+        ("set_weight", 50, "v2 warm-up")]
+
+
+@SQLITE_ONLY
+def test_redis_down_while_checking_for_workers_is_unavailable_unless_forced(
+        database_url: str, tmp_path: Path, tiny_checkpoints: dict[str, Path]) -> None:
+    with _registry(database_url, f"redis://127.0.0.1:{free_port()}/0", tmp_path) as registry:
+        _setup(registry, tiny_checkpoints["infill"])
+        change = pb.RolloutChange(model="m", actor="alice")
+        code, details = _code(registry.StartCanary, pb.StartCanaryRequest(
+            change=change, candidate_version="v2", weight=10))
+        assert code == grpc.StatusCode.UNAVAILABLE, details
+        assert "m@v2 (queue fleet.7b.m.v2)" in details and "Redis" in details, details
+        rollout = registry.StartCanary(pb.StartCanaryRequest(
+            change=change, candidate_version="v2", weight=10, force=True), timeout=60).rollout
+        assert rollout.candidate_weight == 10

@@ -13,7 +13,7 @@ from fleet_common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    OutOfRange,
+    OutOfBounds,
 )
 from model_registry.registration import register_checkpoint_dir, register_model
 from model_registry.schema import Checkpoint, Model, ModelVersion, Rollout, Template
@@ -106,11 +106,19 @@ def test_register_model_refused_leaves_no_checkpoint_or_template(
 
 
 BAD_VERSIONS = [
-    ("unknown checkpoint", dict(checkpoint="nope"), NotFound, "checkpoint 'nope'"),
-    ("unknown template", dict(template_name="nope"), NotFound, "template 'nope'"),
-    ("unknown pool", dict(pool="13b"), NotFound, "pool '13b'"),
-    ("bad name", dict(version="V 1"), InvalidArgument, "version:"),
-    ("too long", dict(max_model_len=99_999), OutOfRange, "engine.max_model_len"),
+    ("unknown checkpoint", {"checkpoint": "nope"}, NotFound, "checkpoint 'nope'"),
+    ("unknown template", {"template_name": "nope"}, NotFound, "template 'nope'"),
+    ("unknown pool", {"pool": "13b"}, NotFound, "pool '13b'"),
+    ("bad name", {"version": "V 1"}, InvalidArgument, "version:"),
+    ("too long", {"max_model_len": 99_999}, OutOfBounds,
+     "engine.max_model_len: must be at most the checkpoint's 16384, got 99999"),
+    # Meta's 4,096 positions for 70B Python and Instruct (codellama issue 188), though the
+    # checkpoint's config says 16,384: by the variant named, or named like the model.
+    ("beyond the variant", {"variant": "codellama-70b-python", "max_model_len": 4097},
+     OutOfBounds, "must be at most 4096 for codellama-70b-python, got 4097"),
+    ("beyond the model's variant", {"model": "codellama-70b-instruct"}, OutOfBounds,
+     "must be at most 4096 for codellama-70b-instruct, got 16384"),
+    ("unknown variant", {"variant": "codellama-8b"}, NotFound, "unknown Code Llama variant"),
 ]
 
 
@@ -121,12 +129,38 @@ def test_bad_model_version_writes_nothing(store: RegistryStore, tiny_checkpoints
                                           needle: str) -> None:
     register_checkpoint_dir(store, "ck", tiny_checkpoints["infill"])
     store.create_template_version("t", infill=True, chat_format="llama2")
-    fields = dict(model="m", version="v1", checkpoint="ck", template_name="t", pool="7b")
+    fields = {"model": "m", "version": "v1", "checkpoint": "ck", "template_name": "t",
+              "pool": "7b"}
     fields.update(override)
     with pytest.raises(error, match=needle):
         store.create_model_version(NewModelVersion(**fields), fits=check_template_fits)
     assert _count(store, Model) == 0 and _count(store, ModelVersion) == 0
     assert _count(store, Rollout) == 0
+
+
+def test_the_catalog_bounds_max_model_len_of_every_way_to_register(
+        store: RegistryStore, tiny_checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(OutOfBounds, match="at most 4096 for codellama-70b-instruct, got 8192"):
+        register_model(store, model="big", version="v1", checkpoint_dir=tiny_checkpoints["70b"],
+                       variant="codellama-70b-instruct", context_limit=8192)
+    assert _count(store, Checkpoint) == 0 and _count(store, ModelVersion) == 0
+    served = register_model(store, model="big", version="v1",
+                            checkpoint_dir=tiny_checkpoints["70b"],
+                            variant="codellama-70b-instruct", context_limit=4096)
+    assert served.context_limit == 4096
+    # A checkpoint downloaded from the variant's published repository names the variant.
+    register_checkpoint_dir(store, "hub", tiny_checkpoints["70b"],
+                            source_repo="codellama/CodeLlama-70b-Instruct-hf")
+    new = NewModelVersion(model="m", version="v1", checkpoint="hub",
+                          template_name=served.template.partition("@")[0], pool="70b",
+                          max_model_len=4097)
+    with pytest.raises(OutOfBounds, match="at most 4096 for codellama-70b-instruct"):
+        store.create_model_version(new, fits=check_template_fits)
+    # Where the variant allows more, the checkpoint's own limit still binds.
+    with pytest.raises(OutOfBounds, match="at most the checkpoint's 16384, got 16385"):
+        register_model(store, model="small", version="v1",
+                       checkpoint_dir=tiny_checkpoints["infill"], variant="codellama-7b",
+                       context_limit=16_385)
 
 
 def test_duplicate_version_is_already_exists_and_leaves_the_first(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_common.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from fleet_common.errors import FailedPrecondition, InvalidArgument, OutOfBounds
 from prompting import (
     ChatFormat,
     ChatMessage,
@@ -165,14 +165,14 @@ def test_misconfigured_profile_reports_the_missing_piece(
 
 def test_context_budget() -> None:
     check_context_budget(prompt_tokens=100, max_new_tokens=16284, context_limit=16384)
-    with pytest.raises(OutOfRange) as caught:
+    with pytest.raises(OutOfBounds) as caught:
         check_context_budget(prompt_tokens=100, max_new_tokens=16285, context_limit=16384)
     assert caught.value.field == "sampling.max_tokens"
     assert str(caught.value) == (
         "sampling.max_tokens: must be at most 16284 "
         "(context limit 16384 minus 100 prompt tokens), got 16285"
     )
-    with pytest.raises(OutOfRange, match="sampling.max_tokens: must be at least 1, got 0"):
+    with pytest.raises(OutOfBounds, match="sampling.max_tokens: must be at least 1, got 0"):
         check_context_budget(prompt_tokens=1, max_new_tokens=0, context_limit=10)
     with pytest.raises(InvalidArgument) as full:
         check_context_budget(prompt_tokens=4096, max_new_tokens=1, context_limit=4096)

@@ -26,10 +26,19 @@ if _version_not_supported:
 
 
 class RegistryServiceStub:
-    """The model registry: checkpoints with checksums, versioned prompt templates, model versions and
-    rollouts. Every write is one transaction; a failed call leaves nothing written.
+    """The model registry: checkpoints with checksums, versioned prompt templates, model versions,
+    rollouts, and the tenants and API keys of the fleet. Every write is one transaction; a failed
+    call leaves nothing written.
 
-    Writes record who made them: the `actor` field, else the caller's tenant.
+    Authentication (unless the registry runs with FLEET_REGISTRY_AUTH=off): every call sends
+    metadata `authorization: Bearer <API key>`. Without a valid key (none, unknown, revoked or
+    expired) a call fails with UNAUTHENTICATED. Reads need a valid key with any scope (gateways
+    and workers read with an `inference` key); writes, and every tenant and key call, need the
+    `operator` scope, else PERMISSION_DENIED.
+
+    Writes record who made them: `<tenant>/<key name>` of the authenticated key. The `actor`
+    fields of requests are then ignored; they are only used (and required) when authentication
+    is off.
     """
 
     def __init__(self, channel):
@@ -108,13 +117,67 @@ class RegistryServiceStub:
                 request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListRolloutEventsRequest.SerializeToString,
                 response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListRolloutEventsResponse.FromString,
                 _registered_method=True)
+        self.GetServingSnapshot = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/GetServingSnapshot',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetServingSnapshotRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetServingSnapshotResponse.FromString,
+                _registered_method=True)
+        self.GetModelVersion = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/GetModelVersion',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetModelVersionRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetModelVersionResponse.FromString,
+                _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/CreateTenant',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateTenantResponse.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/ListTenants',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.UpdateTenantPolicy = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/UpdateTenantPolicy',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.UpdateTenantPolicyRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.UpdateTenantPolicyResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/CreateApiKey',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/ListApiKeys',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/RevokeApiKey',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.GetAuthSnapshot = channel.unary_unary(
+                '/codellama.fleet.v1.RegistryService/GetAuthSnapshot',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetAuthSnapshotRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetAuthSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
-    """The model registry: checkpoints with checksums, versioned prompt templates, model versions and
-    rollouts. Every write is one transaction; a failed call leaves nothing written.
+    """The model registry: checkpoints with checksums, versioned prompt templates, model versions,
+    rollouts, and the tenants and API keys of the fleet. Every write is one transaction; a failed
+    call leaves nothing written.
 
-    Writes record who made them: the `actor` field, else the caller's tenant.
+    Authentication (unless the registry runs with FLEET_REGISTRY_AUTH=off): every call sends
+    metadata `authorization: Bearer <API key>`. Without a valid key (none, unknown, revoked or
+    expired) a call fails with UNAUTHENTICATED. Reads need a valid key with any scope (gateways
+    and workers read with an `inference` key); writes, and every tenant and key call, need the
+    `operator` scope, else PERMISSION_DENIED.
+
+    Writes record who made them: `<tenant>/<key name>` of the authenticated key. The `actor`
+    fields of requests are then ignored; they are only used (and required) when authentication
+    is off.
     """
 
     def RegisterCheckpoint(self, request, context):
@@ -215,6 +278,76 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServingSnapshot(self, request, context):
+        """Returns every model's rollout with its stable and candidate versions resolved: what a
+        gateway routes by. One consistent read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelVersion(self, request, context):
+        """Returns one model version, or a model's stable version, with what serving it needs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """Adds a tenant: who API keys belong to. Needs the `operator` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Lists tenants. Needs the `operator` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenantPolicy(self, request, context):
+        """Changes a tenant's policy (quotas, fair-share weight, priority ceiling): the fields set in
+        the request's policy change, the others stay. Gateways apply it from their next snapshot
+        poll on. Needs the `operator` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Creates an API key for a tenant and returns its secret, the only time it is ever shown:
+        the registry stores only its sha256. Needs the `operator` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists API keys, revoked and expired ones included, without secrets or hashes. Needs the
+        `operator` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes an API key: gateways refuse it from their next snapshot poll on, the registry at
+        once. Revoking a revoked key returns it unchanged. Needs the `operator` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuthSnapshot(self, request, context):
+        """Returns what a gateway authenticates callers by: the sha256 of every usable key with its
+        tenant, name, scopes and expiry. Needs a valid key with any scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +421,51 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListRolloutEventsRequest.FromString,
                     response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListRolloutEventsResponse.SerializeToString,
             ),
+            'GetServingSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingSnapshot,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetServingSnapshotRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetServingSnapshotResponse.SerializeToString,
+            ),
+            'GetModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelVersion,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetModelVersionRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetModelVersionResponse.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateTenantRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateTenantResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListTenantsRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'UpdateTenantPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenantPolicy,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.UpdateTenantPolicyRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.UpdateTenantPolicyResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'GetAuthSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuthSnapshot,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetAuthSnapshotRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetAuthSnapshotResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'codellama.fleet.v1.RegistryService', rpc_method_handlers)
@@ -297,10 +475,19 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RegistryService:
-    """The model registry: checkpoints with checksums, versioned prompt templates, model versions and
-    rollouts. Every write is one transaction; a failed call leaves nothing written.
+    """The model registry: checkpoints with checksums, versioned prompt templates, model versions,
+    rollouts, and the tenants and API keys of the fleet. Every write is one transaction; a failed
+    call leaves nothing written.
 
-    Writes record who made them: the `actor` field, else the caller's tenant.
+    Authentication (unless the registry runs with FLEET_REGISTRY_AUTH=off): every call sends
+    metadata `authorization: Bearer <API key>`. Without a valid key (none, unknown, revoked or
+    expired) a call fails with UNAUTHENTICATED. Reads need a valid key with any scope (gateways
+    and workers read with an `inference` key); writes, and every tenant and key call, need the
+    `operator` scope, else PERMISSION_DENIED.
+
+    Writes record who made them: `<tenant>/<key name>` of the authenticated key. The `actor`
+    fields of requests are then ignored; they are only used (and required) when authentication
+    is off.
     """
 
     @staticmethod
@@ -671,6 +858,249 @@ class RegistryService:
             '/codellama.fleet.v1.RegistryService/ListRolloutEvents',
             codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListRolloutEventsRequest.SerializeToString,
             codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListRolloutEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/GetServingSnapshot',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetServingSnapshotRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetServingSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/GetModelVersion',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetModelVersionRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/CreateTenant',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateTenantRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/ListTenants',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListTenantsRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenantPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/UpdateTenantPolicy',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.UpdateTenantPolicyRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.UpdateTenantPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/CreateApiKey',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateApiKeyRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/ListApiKeys',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListApiKeysRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/RevokeApiKey',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuthSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.RegistryService/GetAuthSnapshot',
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetAuthSnapshotRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_registry__service__pb2.GetAuthSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

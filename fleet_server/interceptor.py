@@ -1,0 +1,115 @@
+"""The server interceptor that turns every error a handler raises into a status, and every
+request that does not parse into INVALID_ARGUMENT.
+
+grpcio calls a handler's request deserializer before any interceptor code runs, and what it
+raises there becomes UNKNOWN ("Unexpected DecodeError") without reaching us. So the handlers
+this interceptor returns decode leniently: a message that does not parse arrives as
+`_Undecodable`, and the wrapper refuses it with a status that says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from fleet_common.errors import FleetError, InvalidArgument
+from fleet_server.status import rich_status
+
+log = logging.getLogger(__name__)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    """Ends the call with the status `exc` maps to; unexpected errors are INTERNAL and logged."""
+    if isinstance(exc, FleetError):
+        status = rich_status(exc)
+        await context.abort_with_status(status)  # type: ignore[arg-type]
+    log.exception("unexpected error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        f"internal error in {method}: {type(exc).__name__}")
+
+
+class _Undecodable:
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def refusal(self) -> InvalidArgument:
+        return InvalidArgument("request", f"the message does not parse as {self.type_name}: "
+                                          f"{type(self.error).__name__}: {self.error}")
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)
+    type_name = getattr(getattr(message_type, "DESCRIPTOR", None), "full_name", "the request")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - refused as INVALID_ARGUMENT by the wrapper
+            return _Undecodable(type_name, exc)
+
+    return deserialize
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    if isinstance(request, _Undecodable):
+                        raise request.refusal()
+                    return await inner_unary(request, context)
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await abort_with(context, exc, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, _lenient(handler.request_deserializer), handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+            if inspect.iscoroutinefunction(inner_stream):  # writes with context.write: Watch
+
+                async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    try:
+                        if isinstance(request, _Undecodable):
+                            raise request.refusal()
+                        return await inner_stream(request, context)
+                    except Exception as exc:
+                        if isinstance(exc, grpc.aio.AbortError):
+                            raise
+                        await abort_with(context, exc, method)
+
+                return grpc.unary_stream_rpc_method_handler(
+                    written, _lenient(handler.request_deserializer), handler.response_serializer)
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    if isinstance(request, _Undecodable):
+                        raise request.refusal()
+                    async for item in inner_stream(request, context):
+                        yield item
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await abort_with(context, exc, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, _lenient(handler.request_deserializer), handler.response_serializer)
+        return handler

@@ -1,0 +1,1 @@
+"""Failure semantics through the real stack: worker death, request ids, tenants."""

@@ -1,0 +1,327 @@
+"""The gateway's Dispatcher over a real Redis: queueing, reading results back, cancelling."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from codellama.fleet.v1 import generation_pb2 as pb
+from fleet_cli.processes import free_port
+from fleet_common import fair_queue
+from fleet_common.errors import (
+    DeadlineExceeded,
+    EngineFailure,
+    FleetError,
+    InvalidArgument,
+    Unavailable,
+)
+from fleet_common.keys import (
+    CANCEL_CHANNEL,
+    cancelled_flag,
+    live_workers,
+    request_claim,
+    request_scope,
+    result_stream,
+)
+from fleet_common.wire import (
+    Delta,
+    Error,
+    ErrorCode,
+    Final,
+    GenerationTask,
+    Sampling,
+    Started,
+    StreamEvent,
+    event_fields,
+)
+from gateway.dispatch import MAX_ATTEMPTS, Dispatcher
+from gateway.request_claims import fingerprint
+from gateway.request_run import RequestRun
+from gateway.result_feeds import ResultFeed
+
+# A stuck Redis call fails its test in a minute instead of holding the whole run.
+pytestmark = pytest.mark.timeout(60)
+
+LIVENESS_S = 5.0
+POOL = "7b"
+WORKER = "w1"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, socket_timeout=10)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def dispatcher(redis: Redis) -> AsyncIterator[Dispatcher]:
+    # Lease checks a minute apart: these tests write every event a worker would.
+    dispatcher = Dispatcher(redis, worker_liveness_s=LIVENESS_S, lease_check_s=60)
+    dispatcher.start()
+    yield dispatcher
+    await dispatcher.aclose()
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"fleet.{POOL}.tiny.{uuid.uuid4().hex[:8]}"
+
+
+def _task(*, tenant: str = "acme", deadline_in_s: float = 30.0) -> GenerationTask:
+    now = time.time()
+    return GenerationTask(
+        request_id=uuid.uuid4().hex, tenant=tenant, model="tiny", model_version="v1",
+        prompt_token_ids=[1, 822], stop_token_ids=[2],
+        sampling=Sampling(max_tokens=8, top_p=1.0, repetition_penalty=1.0, n=1),
+        priority=pb.PRIORITY_NORMAL, deadline_unix=now + deadline_in_s, enqueued_at_unix=now,
+        attempt=1)
+
+
+def _scope(task: GenerationTask) -> str:
+    return request_scope(task.tenant, task.request_id)
+
+
+async def _submit(dispatcher: Dispatcher, task: GenerationTask, queue: str) -> RequestRun:
+    return await dispatcher.submit(task, queue, POOL,
+                                   fingerprint=fingerprint(task, caller_seed=None))
+
+
+async def _live(redis: Redis, queue: str, *workers: str, age_s: float = 0.0) -> None:
+    await redis.zadd(live_workers(queue), {w: time.time() - age_s for w in workers or (WORKER,)})
+
+
+async def _write(redis: Redis, task: GenerationTask, *events: StreamEvent) -> None:
+    for event in events:
+        await redis.xadd(result_stream(_scope(task)), event_fields(event))
+
+
+def _started(attempt: int) -> StreamEvent:
+    return StreamEvent(attempt=attempt, started=Started(worker=WORKER, model_version="v1"))
+
+
+def _delta(attempt: int, token: int) -> StreamEvent:
+    return StreamEvent(attempt=attempt, delta=Delta(choices=[pb.ChoiceDelta(token_ids=[token])]))
+
+
+def _final(attempt: int) -> StreamEvent:
+    return StreamEvent(attempt=attempt, final=Final(completion_tokens=1))
+
+
+def _error(attempt: int, code: int) -> StreamEvent:
+    return StreamEvent(attempt=attempt, error=Error(code=code, message="the worker says why"))
+
+
+async def _all_events(dispatcher: Dispatcher, run: RequestRun) -> list[StreamEvent]:
+    async def collect() -> list[StreamEvent]:
+        return [e async for e in dispatcher.events(run)]
+
+    return await asyncio.wait_for(collect(), 10)
+
+
+async def _queued_tasks(redis: Redis, queue: str, tenant: str = "acme") -> list[GenerationTask]:
+    """The tasks waiting in the tenant's NORMAL line of `queue`, first queued first."""
+    line = fair_queue.tenant_line(queue, "normal", tenant)
+    return [fair_queue.task_of(raw) for raw in reversed(await redis.lrange(line, 0, -1))]
+
+
+async def test_submit_puts_the_task_in_its_tenants_line_and_one_ticket_on_the_queue(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task(tenant="a/b")
+    run = await _submit(dispatcher, task, queue)
+    assert run.run_id == f"a%2Fb/{task.request_id}#1"
+    assert await _queued_tasks(redis, queue, "a/b") == [task]
+    assert await redis.llen(queue) == 1
+    message = json.loads(await redis.lindex(queue, 0))
+    assert message["headers"]["task"] == fair_queue.FAIR_TAKE_TASK
+    assert message["headers"]["id"] == run.run_id
+    assert message["properties"]["delivery_info"]["routing_key"] == queue
+    assert message["content-type"] == "application/json"
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert args == [] and kwargs == {}
+    await dispatcher.abandon(run)
+
+
+@pytest.mark.parametrize("heartbeat_age_s", [None, LIVENESS_S + 1],
+                         ids=["no-worker", "stale-heartbeat"])
+async def test_submit_without_a_live_worker_is_unavailable_naming_the_queue(
+        dispatcher: Dispatcher, redis: Redis, queue: str, heartbeat_age_s: float | None) -> None:
+    if heartbeat_age_s is not None:
+        await _live(redis, queue, age_s=heartbeat_age_s)
+    task = _task()
+    with pytest.raises(Unavailable) as caught:
+        await _submit(dispatcher, task, queue)
+    assert f"no live worker serves tiny@v1 (pool {POOL}, queue {queue})" in caught.value.message
+    assert await redis.llen(queue) == 0
+    assert not await redis.exists(request_claim(_scope(task)))
+
+
+async def test_events_are_the_awaited_attempts_only_until_its_final(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task()
+    # The id ran before as attempt 1 and was given up; it runs again as attempt 2, while the
+    # stale attempt 1 goes on writing, even a failure, around attempt 2's events.
+    await redis.hset(request_claim(_scope(task)), mapping={"attempt": 1, "fingerprint": ""})
+    run = await _submit(dispatcher, task, queue)
+    assert [t.attempt for t in await _queued_tasks(redis, queue)] == [2]
+    await _write(redis, task, _started(1), _delta(1, 10), _started(2), _delta(1, 11),
+                 _error(1, ErrorCode.ERROR_CODE_INTERNAL), _delta(2, 20), _final(1), _final(2),
+                 _delta(2, 21))
+    events = await _all_events(dispatcher, run)
+    assert [(e.attempt, e.WhichOneof("event")) for e in events] == [
+        (2, "started"), (2, "delta"), (2, "final")]
+    assert list(events[1].delta.choices[0].token_ids) == [20]
+    await dispatcher.finish(run)
+
+
+@pytest.mark.parametrize(("code", "error"), [
+    (ErrorCode.ERROR_CODE_INVALID_ARGUMENT, InvalidArgument),
+    (ErrorCode.ERROR_CODE_INTERNAL, EngineFailure),
+    (ErrorCode.ERROR_CODE_UNSPECIFIED, EngineFailure),
+])
+async def test_an_error_event_ends_the_events_with_its_domain_error(
+        dispatcher: Dispatcher, redis: Redis, queue: str, code: int,
+        error: type[FleetError]) -> None:
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    await _write(redis, task, _started(1), _error(1, code))
+    seen: list[StreamEvent] = []
+    with pytest.raises(error) as caught:
+        async with asyncio.timeout(10):
+            async for event in dispatcher.events(run):
+                seen.append(event)
+    assert type(caught.value) is error
+    assert "the worker says why" in caught.value.message
+    assert [e.WhichOneof("event") for e in seen] == ["started"]
+    if error is InvalidArgument:
+        assert caught.value.field == "request"  # type: ignore[attr-defined]
+    assert await redis.llen(queue) == 1, "a failed request must not be re-run"
+    await dispatcher.abandon(run)
+
+
+async def test_an_unavailable_error_re_runs_the_request_as_the_next_attempt(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    reading = asyncio.create_task(_all_events(dispatcher, run))
+    await _write(redis, task, _started(1), _error(1, ErrorCode.ERROR_CODE_UNAVAILABLE))
+    async with asyncio.timeout(10):
+        while await redis.llen(queue) < 2:
+            await asyncio.sleep(0.01)
+    assert [t.attempt for t in await _queued_tasks(redis, queue)] == [1, 2]
+    await _write(redis, task, _started(2), _delta(2, 7), _final(2))
+    events = await reading
+    assert [(e.attempt, e.WhichOneof("event")) for e in events] == [
+        (1, "started"), (2, "started"), (2, "delta"), (2, "final")]
+    await dispatcher.finish(run)
+
+
+async def test_a_request_unavailable_on_every_attempt_is_unavailable(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    await _write(redis, task, *(_error(a, ErrorCode.ERROR_CODE_UNAVAILABLE)
+                                for a in range(1, MAX_ATTEMPTS + 1)))
+    with pytest.raises(Unavailable, match=f"gave up after {MAX_ATTEMPTS} attempts"):
+        await _all_events(dispatcher, run)
+    assert len(await _queued_tasks(redis, queue)) == MAX_ATTEMPTS
+    await dispatcher.abandon(run)
+
+
+async def test_no_start_within_the_deadline_names_the_queue_depth_and_live_workers(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue, "w1", "w2")
+    await redis.lpush(queue, b"someone else's task")
+    task = _task(deadline_in_s=0.4)
+    run = await _submit(dispatcher, task, queue)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as caught:
+        await _all_events(dispatcher, run)
+    assert time.monotonic() - started < 2.0
+    assert caught.value.message == (
+        f"no worker started request {task.request_id} within its deadline of 0.40 s "
+        f"(queue {queue}: 2 waiting, 2 live workers)")
+    await dispatcher.abandon(run)
+
+
+async def test_started_but_unfinished_within_the_deadline_says_so(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task(deadline_in_s=0.4)
+    run = await _submit(dispatcher, task, queue)
+    await _write(redis, task, _started(1), _delta(1, 5))
+    with pytest.raises(DeadlineExceeded, match=f"request {task.request_id} did not finish "
+                                               "within its deadline of 0.40 s") as caught:
+        await _all_events(dispatcher, run)
+    assert f"attempt 1 on worker {WORKER}" in caught.value.message
+    assert "@v1" in caught.value.message
+    await dispatcher.abandon(run)
+
+
+async def test_abandoning_flags_the_tenants_attempt_and_tells_the_workers(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task(tenant="acme")
+    run = await _submit(dispatcher, task, queue)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(CANCEL_CHANNEL)
+    await dispatcher.abandon(run)
+    async with asyncio.timeout(5):
+        message = None
+        while message is None:  # None also stands for the skipped subscribe confirmation
+            message = await pubsub.get_message(timeout=1)
+    await pubsub.aclose()
+    assert (message["channel"], message["data"]) == (
+        CANCEL_CHANNEL.encode(), f"acme/{task.request_id}#1".encode())
+    assert await redis.get(cancelled_flag(_scope(task))) == b"1"  # the attempt it stops
+    assert 0 < await redis.ttl(cancelled_flag(_scope(task))) <= 3600
+    assert not await redis.exists(cancelled_flag(request_scope("globex", task.request_id)))
+    assert not await redis.exists(cancelled_flag(task.request_id))
+
+
+async def test_abandon_with_redis_down_returns_quietly() -> None:
+    down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    dispatcher = Dispatcher(down, worker_liveness_s=LIVENESS_S)
+    task = _task()
+    run = RequestRun(task, "fleet.7b.tiny.v1", POOL,
+                     ResultFeed(_scope(task), result_stream(_scope(task)).encode()))
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(dispatcher.cancel(run), 10)
+    await asyncio.wait_for(dispatcher.abandon(run), 10)
+    with pytest.raises(Unavailable, match="queue backend unreachable while checking for live"):
+        await asyncio.wait_for(_submit(dispatcher, task, run.queue), 10)
+    await down.aclose()
+
+
+async def test_waiting_for_workers_a_request_to_an_empty_queue_waits_for_the_first_one(
+        redis: Redis, queue: str) -> None:
+    """Scale from zero: no live worker, yet the request is queued and not failed by the lease
+    checks; the worker that starts later serves it."""
+    dispatcher = Dispatcher(redis, worker_liveness_s=LIVENESS_S, lease_check_s=0.05,
+                            wait_for_workers=True)
+    dispatcher.start()
+    try:
+        task = _task()
+        run = await _submit(dispatcher, task, queue)
+        await asyncio.sleep(0.5)  # ten lease checks with no live worker
+        assert await _queued_tasks(redis, queue) == [task] and not run.notified
+        await _live(redis, queue)
+        await _write(redis, task, _started(1), _final(1))
+        events = await _all_events(dispatcher, run)
+        assert [e.WhichOneof("event") for e in events] == ["started", "final"]
+        await dispatcher.finish(run)
+    finally:
+        await dispatcher.aclose()

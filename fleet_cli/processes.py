@@ -19,10 +19,35 @@ from pathlib import Path
 import redis
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1, chosen below the kernel's ephemeral range: a process that
+    binds port 0 (a gateway's gRPC port) or opens a connection is never given a port that was
+    handed out here and is not yet bound by the process it was meant for."""
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 12000 else 1024
+    for _ in range(200):
+        port = first + int.from_bytes(os.urandom(2), "big") % max(low - first, 1)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {first}..{low - 1}")
 
 
 def redis_answers(url: str) -> bool:

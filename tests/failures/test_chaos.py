@@ -133,7 +133,11 @@ def test_a_short_chaos_run_loses_nothing_and_splices_nothing(tmp_path: Path) -> 
     took = time.monotonic() - began
     (tmp_path / "results.json").write_text(json.dumps(results, indent=2))
     (tmp_path / "reliability.md").write_text(render(results))
-    failures = results["failures"]
+    # One line per failed call, verdict and reason first: pytest would cut a list of dicts.
+    failures = "\n".join(
+        f"{f['request_id']} {f['kind']} {f['code']} {f['verdict']}: {f['reason']} (faults "
+        f"{f['faults']}, {f['delivered_tokens']}/{f['max_tokens']} tokens) {f['details']!r}"
+        for f in results["failures"]) + "\nfaults: " + json.dumps(results["faults"])
     assert results["errors"] == [], results["errors"]
     assert results["calls"] == 40
     assert results["lost"] == 0, failures

@@ -1,8 +1,10 @@
-"""Stopping a managed process (SIGTERM to it alone, then SIGKILL to its group) and `fleet up`
-restarting a worker that exits, with its backoff."""
+"""Stopping a managed process (SIGTERM to it alone, then SIGKILL to its group), `fleet up`
+restarting a worker that exits, with its backoff, and the free ports handed to the processes
+it starts."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleet_cli.launcher import BACKOFF_MAX_S, STABLE_RUN_S, RestartingWorker
-from fleet_cli.processes import ManagedProcess, spawn
+from fleet_cli.processes import ManagedProcess, free_port, spawn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,3 +132,20 @@ def test_a_restarted_worker_is_ready_only_after_its_own_first_heartbeat(
         wait_for_heartbeat(proc, redis_url=redis_url, queue="q", worker="w", timeout=5.0)
     finally:
         proc.stop(timeout=2)
+
+
+def test_a_free_port_is_never_one_the_kernel_hands_to_a_port_zero_bind() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    handed = [free_port() for _ in range(50)]
+    assert len(set(handed)) == len(handed), "a port was handed out twice"
+    # What a gateway started with --port 0 binds while those ports still wait for their owners.
+    kernel_chosen = []
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            kernel_chosen.append(sock.getsockname()[1])
+    assert all(port < low for port in handed), (low, handed)
+    assert not set(handed) & set(kernel_chosen)
+    for port in handed[:5]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # each is free for the process it is meant for

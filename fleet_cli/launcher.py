@@ -120,7 +120,9 @@ def run_up(args: argparse.Namespace) -> int:
             process=start_worker(WORKER, worker_env, logs, redis_url=args.redis_url,
                                  queue=served.queue)))
         print(f"worker ready after {time.monotonic() - started:.0f} s")
-        gateway, port = start_gateway(env, logs, port=args.port)
+        # Batch jobs (JobService) in the registry's database, as one machine's fleet has one.
+        gateway, port = start_gateway({**env, "FLEET_JOBS_DATABASE_URL": registry_url}, logs,
+                                      port=args.port)
         print(f"\ngateway on 127.0.0.1:{port}; logs in {logs}\nTry, in another shell:\n"
               f"  .venv/bin/fleet chat --target 127.0.0.1:{port} -m {DEMO_MODEL} "
               f"'Write a Python function that returns the nth Fibonacci number.'\n"

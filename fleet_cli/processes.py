@@ -18,7 +18,6 @@ from pathlib import Path
 
 import redis
 
-
 _handed_out: set[int] = set()
 
 

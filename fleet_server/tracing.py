@@ -75,15 +75,22 @@ def shutdown() -> None:
 @contextlib.contextmanager
 def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
          parent_carrier: Mapping[str, str] | None = None,
-         attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
-    """A span under the current one (or under the context in `parent_carrier`, W3C headers);
-    None, and nothing else done, while tracing is off."""
+         attributes: Mapping[str, Any] | None = None,
+         link_carrier: Mapping[str, str] | None = None) -> Iterator[Span | None]:
+    """A span under the current one (or under the context in `parent_carrier`, W3C headers;
+    an empty one starts a trace), linked to the span in `link_carrier` if any (a job item's
+    trace to its job's); None, and nothing else done, while tracing is off."""
     if not _enabled:
         yield None
         return
     parent = propagate.extract(dict(parent_carrier)) if parent_carrier is not None else None
+    links = []
+    if link_carrier:
+        linked = trace.get_current_span(propagate.extract(dict(link_carrier))).get_span_context()
+        if linked.is_valid:
+            links.append(trace.Link(linked))
     tracer = trace.get_tracer(_TRACER_NAME)
-    with tracer.start_as_current_span(name, context=parent, kind=kind,
+    with tracer.start_as_current_span(name, context=parent, kind=kind, links=links,
                                       attributes=dict(attributes or {})) as current:
         yield current
 

@@ -44,6 +44,7 @@ from gateway.task_publisher import FairEntry, TaskPublisher
 log = logging.getLogger(__name__)
 _CANCEL_FLAG_TTL_S = 3600
 MAX_ATTEMPTS = 4  # the first run and three re-runs
+_LIVE_WORKER_POLL_S = 0.25
 
 
 @contextmanager
@@ -287,7 +288,7 @@ class Dispatcher:
             raise DeadlineExceeded(f"request {task.request_id}: {reason}, and its deadline "
                                    "passed before it could be re-run")
         self._live_cache.pop(run.queue, None)
-        if not self._wait_for_workers and await self.live_worker_count(run.queue) == 0:
+        if not self._wait_for_workers and not await self._await_live_worker(run.queue, task):
             raise Unavailable(f"request {task.request_id}: {reason}; no live worker of queue "
                               f"{run.queue} is left to re-run it; the request may be retried")
         with _backend_errors(f"re-running request {task.request_id}"):
@@ -300,6 +301,17 @@ class Dispatcher:
             await self._publish(run, next_task)
         else:
             run.adopt(next_task)
+
+    async def _await_live_worker(self, queue: str, task: GenerationTask) -> bool:
+        """Whether a worker of `queue` is live, or becomes live within one liveness window (or
+        before the task's deadline): on a busy machine a heartbeat can be a beat late, and a
+        restarted worker takes its place within seconds."""
+        give_up = min(time.time() + self._liveness_s, task.deadline_unix)
+        while not await self.live_worker_count(queue):
+            if time.time() >= give_up:
+                return False
+            await asyncio.sleep(_LIVE_WORKER_POLL_S)
+        return True
 
     async def _deadline_error(self, run: RequestRun) -> DeadlineExceeded:
         task = run.task

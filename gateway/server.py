@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 from redis.asyncio import Redis
 
-from codellama.fleet.v1 import inference_service_pb2, inference_service_pb2_grpc
+from codellama.fleet.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 from fleet_server.bootstrap import FleetServer
 from fleet_server.metrics_http import serve_metrics
 from gateway.admission_control import admission_control_for
@@ -16,6 +23,8 @@ from gateway.autoscale_signal import AutoscaleSignal
 from gateway.backend_health import BackendHealth
 from gateway.dispatch import Dispatcher, RequestObserver
 from gateway.health_reporter import HealthReporter
+from gateway.job_runner import JobRunner, JobRunnerSettings
+from gateway.job_service import JobServicer, JobServiceSettings
 from gateway.key_ring import KeyRing
 from gateway.model_directory import ModelDirectory
 from gateway.prompts import PromptBuilder
@@ -25,10 +34,13 @@ from gateway.servicer import InferenceServicer
 from gateway.settings import GatewaySettings
 from gateway.tenant_policies import TenantPolicies
 from gateway.usage_recorder import UsageRecorder
+from model_registry.database import open_engine
+from model_registry.jobs import JobStore
 from model_registry.reader import open_registry_reader
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+JOB_SERVICE = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
@@ -66,18 +78,34 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     quotas.start()
     prompts = PromptBuilder(settings.limits)
     await prompts.preload(models.all_served())  # no request waits for a tokenizer to load
-    servicer = InferenceServicer(settings, models, prompts, dispatcher,
-                                 Authenticator(settings.api_keys, keys), policies)
+    auth = Authenticator(settings.api_keys, keys)
+    servicer = InferenceServicer(settings, models, prompts, dispatcher, auth, policies)
+    jobs = JobStore(open_engine(settings.jobs_database_url)) if settings.jobs_database_url \
+        else None
 
     server = FleetServer(
-        [INFERENCE_SERVICE], options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        [INFERENCE_SERVICE, *([JOB_SERVICE] if jobs else [])],
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server.server)
+    runner = None
+    if jobs is not None:
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
+            jobs, auth, policies, JobServiceSettings(
+                settings.limits, tuple(settings.webhook_allow_http_hosts))), server.server)
+        runner = JobRunner(jobs, servicer, JobRunnerSettings(
+            owner=f"gateway-{socket.gethostname()}-{os.getpid()}",
+            window_per_job=settings.job_window, max_in_flight=settings.job_max_in_flight,
+            lease_s=settings.job_lease_s, poll_s=settings.job_poll_s,
+            max_attempts=settings.job_item_max_attempts, max_deadline_s=settings.max_deadline_s,
+            retention_s=settings.job_result_retention_s))
     port = await server.start(settings.host, settings.port, port_file=settings.port_file)
     log.info("gateway listening on %s:%d with %d models", settings.host, port, len(models.all()))
     reporter = HealthReporter(server.health, INFERENCE_SERVICE, models,
                               dispatcher.live_worker_count, interval_s=settings.lease_check_s)
     background = [asyncio.create_task(models.keep_fresh()),
                   asyncio.create_task(reporter.run_forever())]
+    if runner is not None:
+        runner.start()
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port, settings.metrics_host)
         signal = AutoscaleSignal(redis, models.all_served, liveness_s=settings.worker_liveness_s,
@@ -91,6 +119,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         for task in background:
             task.cancel()
         await server.stop(grace=5)
+        if runner is not None:
+            await runner.aclose()  # its items' leases lapse; another gateway runs them
         if usage is not None:
             await usage.aclose()  # the last flush, after the last call ended
         await dispatcher.aclose()

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1 import inference_service_pb2_grpc as api_grpc
 from fleet_common.logs import bind_request
@@ -150,10 +151,20 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
         received = time.time()
         received_clock = time.perf_counter()
         tenant = self._auth.tenant_of(context)
+        return await self.admit_as(tenant, prompt_input, request,
+                                   deadline_unix=self._deadline(received, context),
+                                   trace_context=trace_context_of(context),
+                                   received_clock=received_clock)
+
+    async def admit_as(self, tenant: str, prompt_input: PromptInput, request: Any, *,
+                       deadline_unix: float, trace_context: dict[str, str],
+                       received_clock: float, default_priority: int = pb.PRIORITY_NORMAL
+                       ) -> _Admitted:
+        """`admit` for an authenticated `tenant` (a job item: no call context)."""
         model = validate_model_name(request.model)
         sampling = validate_sampling(request.sampling, self._settings.limits)
         request_id = validate_request_id(request.options)
-        priority = validate_priority(request.options)
+        priority = validate_priority(request.options, default=default_priority)
         check_priority(self._policies.of(tenant), priority)
         served = await self._models.resolve_serving(
             model, validate_routing_key(request.options) or tenant or None, self._dispatcher)
@@ -169,10 +180,10 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
             stop_token_ids=[] if sampling.ignore_eos else built.stop_token_ids,
             sampling=sampling,
             priority=priority,
-            deadline_unix=self._deadline(received, context),
+            deadline_unix=deadline_unix,
             enqueued_at_unix=time.time(),
             attempt=1,
-            trace_context=trace_context_of(context),
+            trace_context=trace_context,
         )
         caller_seed = sampling.seed if sampling.HasField("seed") else None
         if caller_seed is None and sampling.temperature > 0:
@@ -210,6 +221,16 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
             raise
         await self._dispatcher.finish(admitted.run)
 
+    async def run_to_final(self, admitted: _Admitted) -> ResultAssembler:
+        """Waits for an admitted request's final event; its assembler holds the answer."""
+        assembler = ResultAssembler(admitted.task.request_id, admitted.served.model,
+                                    admitted.task.sampling.n, received=admitted.received,
+                                    streaming=False)
+        async with self._until_final(admitted):
+            async for _ in self._events(admitted, assembler):
+                pass
+        return assembler
+
     async def _unary(self, response_type: Any, prompt_input: PromptInput, request: Any,
                      context: grpc.aio.ServicerContext) -> Any:
         mode = prompt_input.mode.value
@@ -217,12 +238,7 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
                 _call_span(response_type, context) as call_span:
             admitted = await self._traced_admit(prompt_input, request, context, call_span)
             record.version = admitted.served.version
-            assembler = ResultAssembler(admitted.task.request_id, admitted.served.model,
-                                        admitted.task.sampling.n, received=admitted.received,
-                                        streaming=False)
-            async with self._until_final(admitted):
-                async for _ in self._events(admitted, assembler):
-                    pass
+            assembler = await self.run_to_final(admitted)
             choices, summary = assembler.choices(), assembler.summary()
             _record_result(record, call_span, admitted, assembler, summary, choices)
             return response_type(request_id=admitted.task.request_id, choices=choices,

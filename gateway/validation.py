@@ -82,12 +82,13 @@ def validate_request_id(options: pb.RequestOptions) -> str:
     return options.request_id
 
 
-def validate_priority(options: pb.RequestOptions) -> int:
-    """The request's priority; PRIORITY_UNSPECIFIED is PRIORITY_NORMAL."""
+def validate_priority(options: pb.RequestOptions, *, default: int = pb.PRIORITY_NORMAL) -> int:
+    """The request's priority; PRIORITY_UNSPECIFIED is `default` (PRIORITY_NORMAL for calls,
+    PRIORITY_LOW for job items)."""
     if options.priority not in pb.Priority.values():
         raise InvalidArgument("options.priority", f"unknown value {options.priority}; allowed: "
                               + ", ".join(pb.Priority.keys()))
-    return options.priority or pb.PRIORITY_NORMAL
+    return options.priority or default
 
 
 def validate_model_name(model: str) -> str:

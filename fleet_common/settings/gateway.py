@@ -105,6 +105,29 @@ class GatewaySettings(FleetSettings):
         default=100_000, ge=1000, description="Bound on the entries of fleet:usage (about one "
         "per gateway and flush with traffic), so a registry that does not consume it cannot "
         "fill Redis; the oldest unconsumed entries go first.")
+    jobs_database_url: str = Field(
+        default="", description="The database of batch jobs (JobService): the registry's "
+        "database, whose migration 0006 made the job tables; a gateway needs rights on those "
+        "tables only. Empty: JobService is not served (UNIMPLEMENTED).")
+    job_window: int = Field(
+        default=8, ge=1, description="Items of one job in the queues or generating at a time, "
+        "so a large batch never fills the queue interactive callers wait in.")
+    job_max_in_flight: int = Field(default=64, ge=1, description="Job items this gateway runs "
+                                   "at a time, over all jobs.")
+    job_lease_s: float = Field(
+        default=60.0, ge=3, description="An item this gateway runs is leased for this long and "
+        "renewed every third of it; when a gateway dies its items run again elsewhere once "
+        "their lease lapses (under the same request id, so a finished generation is reused).")
+    job_poll_s: float = Field(default=0.5, gt=0, description="How often the gateway looks for "
+                              "job items to run, cancelled jobs and expired ones.")
+    job_item_max_attempts: int = Field(
+        default=5, ge=1, description="Runs of one item that end UNAVAILABLE or RESOURCE_EXHAUSTED "
+        "before the item fails with that status.")
+    job_result_retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long an "
+                                        "ended job and its results are kept.")
+    webhook_allow_http_hosts: list[str] = Field(
+        default_factory=list, description="Hosts a job's webhook_url may name with http:// (as "
+        "JSON; a sidecar, tests); every other webhook URL must be https.")
     limits: Limits = Field(default_factory=Limits)
     log_level: str = "INFO"
     log_format: LogFormat = Field(default="text", description="text, or json: one JSON object "

@@ -117,6 +117,12 @@ class References:
         run, index = self._runs[name]
         return run.result()["results"][index]
 
+    def wait_all(self) -> None:
+        """Until no reference engine runs: a test that times the fleet must not share the
+        box's two cores with them."""
+        for run, _ in self._runs.values():
+            run.result()
+
 
 @pytest.fixture(scope="package")
 def references(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]

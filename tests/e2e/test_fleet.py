@@ -112,10 +112,14 @@ def test_tensor_parallel_2_worker_equals_single_rank_vllm(references: References
     assert list(response.choices[0].token_ids) == references.get("completion_34b")["token_ids"]
 
 
-@pytest.mark.xfail(strict=False, reason="QUARANTINED 2026-12-02, the same regression as the "
-                   "worker-death stream test: in the fresh-clone CI the first delta reached the client after generation ended (the "
-                   "failure message now lists when the worker wrote each event); passes run alone")
-def test_stream_delivers_deltas_while_generating(fleet: Fleet) -> None:
+_ENGINE_SPIN_AFTER_LAST_STEP_S = 1.5
+
+
+def test_stream_delivers_deltas_while_generating(references: References, fleet: Fleet) -> None:
+    # Timed against generation: no reference engine and no other pool's spinning engine may
+    # share the two cores (in CI the first delta once came after the final event was written).
+    references.wait_all()
+    time.sleep(_ENGINE_SPIN_AFTER_LAST_STEP_S)
     rid = uuid.uuid4().hex
     request = api.StreamCompleteRequest(model=CHAT_7B, prompt="class Stack:",
                                         sampling=_sampling(400, ignore_eos=True),
@@ -161,8 +165,6 @@ def test_requests_run_only_in_their_own_pool(fleet: Fleet) -> None:
                                                      sampling=_sampling(4)), timeout=60)
         assert (response.served_by.worker, response.served_by.pool) == (worker, pool)
 
-
-_ENGINE_SPIN_AFTER_LAST_STEP_S = 1.5
 
 
 def test_continuous_batching_serves_8_requests_far_faster_than_8_in_turn(fleet: Fleet) -> None:

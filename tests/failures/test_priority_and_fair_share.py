@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 BUSY_MODEL = "tiny-7b-busy"
 A = (("authorization", "Bearer key-a"),)
 B = (("authorization", "Bearer key-b"),)
-TOKENS = 300  # a pair of requests takes about a second: long enough for a queue to form
+TOKENS = 900  # a pair of requests takes seconds: long enough for a queue to form on a busy box
 
 
 @pytest.fixture(scope="module")

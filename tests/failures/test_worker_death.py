@@ -25,7 +25,7 @@ from tests.failures.conftest import MODEL, ensure_workers
 pytestmark = pytest.mark.e2e
 TENANT_A = (("authorization", "Bearer key-a"),)
 PROMPT = "class Stack:"
-TOKENS = 600  # long enough that the kill lands mid-generation on a busy machine
+TOKENS = 1600  # long enough that the kill lands mid-generation on a busy 2-core machine
 
 
 def _greedy(max_tokens: int = TOKENS) -> pb.SamplingParams:

@@ -228,6 +228,41 @@ async def test_an_unavailable_error_re_runs_the_request_as_the_next_attempt(
     await dispatcher.finish(run)
 
 
+async def test_a_re_run_waits_for_a_heartbeat_that_is_a_beat_late(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    reading = asyncio.create_task(_all_events(dispatcher, run))
+    await redis.zadd(live_workers(queue), {WORKER: time.time() - 2 * LIVENESS_S})  # stale
+    await _write(redis, task, _started(1), _error(1, ErrorCode.ERROR_CODE_UNAVAILABLE))
+    await asyncio.sleep(1.0)
+    assert await redis.llen(queue) == 1, "re-run with no live worker"
+    assert not reading.done()
+    await _live(redis, queue)  # the late beat
+    async with asyncio.timeout(5):
+        while await redis.llen(queue) < 2:
+            await asyncio.sleep(0.01)
+    await _write(redis, task, _started(2), _final(2))
+    assert [e.attempt for e in await reading] == [1, 2, 2]
+    await dispatcher.finish(run)
+
+
+async def test_a_re_run_with_no_live_worker_for_a_whole_liveness_window_is_unavailable(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    await redis.delete(live_workers(queue))
+    began = time.monotonic()
+    await _write(redis, task, _started(1), _error(1, ErrorCode.ERROR_CODE_UNAVAILABLE))
+    with pytest.raises(Unavailable, match=f"no live worker of queue {queue} is left to re-run"):
+        await _all_events(dispatcher, run)
+    assert LIVENESS_S <= time.monotonic() - began < LIVENESS_S + 3
+    assert await redis.llen(queue) == 1
+    await dispatcher.abandon(run)
+
+
 async def test_a_request_unavailable_on_every_attempt_is_unavailable(
         dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
     await _live(redis, queue)

@@ -33,8 +33,8 @@ class InferenceServiceStub:
     derived from the key (tenant quotas and priorities build on it). A gRPC deadline bounds the
     whole request, queueing included; without one the gateway applies its default.
 
-    Asynchronous jobs for bots (submit, get, watch, cancel) will be a separate JobService over the
-    same request messages and the same per-request result streams.
+    Asynchronous jobs for bots (submit, get, watch, cancel, results, webhooks): JobService
+    (job_service.proto), over the same request messages.
     """
 
     def __init__(self, channel):
@@ -93,8 +93,8 @@ class InferenceServiceServicer:
     derived from the key (tenant quotas and priorities build on it). A gRPC deadline bounds the
     whole request, queueing included; without one the gateway applies its default.
 
-    Asynchronous jobs for bots (submit, get, watch, cancel) will be a separate JobService over the
-    same request messages and the same per-request result streams.
+    Asynchronous jobs for bots (submit, get, watch, cancel, results, webhooks): JobService
+    (job_service.proto), over the same request messages.
     """
 
     def Complete(self, request, context):
@@ -212,8 +212,8 @@ class InferenceService:
     derived from the key (tenant quotas and priorities build on it). A gRPC deadline bounds the
     whole request, queueing included; without one the gateway applies its default.
 
-    Asynchronous jobs for bots (submit, get, watch, cancel) will be a separate JobService over the
-    same request messages and the same per-request result streams.
+    Asynchronous jobs for bots (submit, get, watch, cancel, results, webhooks): JobService
+    (job_service.proto), over the same request messages.
     """
 
     @staticmethod

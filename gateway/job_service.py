@@ -1,0 +1,291 @@
+"""JobService: batch jobs over the jobs database; `gateway.job_runner` runs their items.
+
+Submission checks what can be checked without running an item (the request's kind, model name,
+sampling, priority ceiling, custom ids, the job's window and webhook URL, the tenant's
+max_queued_job_items) and refuses the whole job naming the item's field; what only a run can
+tell (the prompt against the model's context, a model removed meanwhile) ends that item FAILED
+with the status the RPC would have returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+
+from codellama.fleet.v1 import generation_pb2 as pb
+from codellama.fleet.v1 import inference_service_pb2 as api
+from codellama.fleet.v1 import job_service_pb2 as jobs_api
+from codellama.fleet.v1 import job_service_pb2_grpc as jobs_grpc
+from fleet_common.errors import (
+    FleetError,
+    InvalidArgument,
+    NotFound,
+    OutOfBounds,
+    QuotaViolation,
+    ResourceExhausted,
+)
+from fleet_server import tracing
+from gateway.auth import Authenticator
+from gateway.settings import Limits
+from gateway.tenant_policies import TenantPolicies, check_priority
+from gateway.validation import validate_model_name, validate_priority, validate_sampling
+from model_registry.api_keys import JOBS
+from model_registry.jobs import (
+    DuplicateCustomId,
+    InvalidPageToken,
+    ItemRecord,
+    ItemState,
+    JobRecord,
+    JobState,
+    JobStore,
+    NewItem,
+)
+
+MAX_ITEMS = 10_000
+MAX_CUSTOM_ID = 256
+MAX_WEBHOOK_URL = 2048
+DEFAULT_WINDOW = timedelta(hours=24)
+MIN_WINDOW, MAX_WINDOW = timedelta(minutes=1), timedelta(days=7)
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+RESULTS_PAGE = 500
+_QUEUED_ITEMS_RETRY_S = 60.0
+
+_JOB_STATES = {s: getattr(jobs_api, f"JOB_STATE_{s.name}") for s in JobState}
+_STATE_OF_JOB_MESSAGE = {v: k for k, v in _JOB_STATES.items()}
+_ITEM_STATES = {s: getattr(jobs_api, f"ITEM_STATE_{s.name}") for s in ItemState}
+_RESPONSES = {"complete": api.CompleteResponse, "infill": api.InfillResponse,
+              "chat": api.ChatResponse}
+_TERMINAL = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
+
+
+@dataclass(frozen=True)
+class JobServiceSettings:
+    limits: Limits
+    webhook_allow_http_hosts: tuple[str, ...] = ()
+    watch_poll_s: float = 0.5
+
+
+class JobServicer(jobs_grpc.JobServiceServicer):
+    def __init__(self, store: JobStore, auth: Authenticator, policies: TenantPolicies,
+                 settings: JobServiceSettings) -> None:
+        self._store = store
+        self._auth = auth
+        self._policies = policies
+        self._settings = settings
+
+    async def SubmitJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        item = NewItem("", *self._checked(tenant, request.request, "request"))
+        job = await self._create(tenant, [item], request.settings)
+        return jobs_api.SubmitJobResponse(job=job_message(job))
+
+    async def SubmitBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        items = self._batch(tenant, request.items, first_index=0)
+        job = await self._create(tenant, items, request.settings)
+        return jobs_api.SubmitBatchResponse(job=job_message(job))
+
+    async def SubmitBatchStream(self, request_iterator: AsyncIterator[Any],
+                                context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        settings, items = None, []
+        async for message in request_iterator:
+            if settings is None:
+                settings = message.settings
+            elif message.HasField("settings"):
+                raise InvalidArgument("settings", "is read from the first message only; send "
+                                      "it there")
+            items.extend(self._batch(tenant, message.items, first_index=len(items)))
+        job = await self._create(tenant, items, settings or jobs_api.JobSettings())
+        return jobs_api.SubmitBatchStreamResponse(job=job_message(job))
+
+    async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        return jobs_api.GetJobResponse(job=job_message(await self._job(tenant, request.job_id)))
+
+    async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        if request.page_size > MAX_PAGE:
+            raise OutOfBounds("page_size", request.page_size, f"at most {MAX_PAGE}")
+        states = [_state_of(i, s) for i, s in enumerate(request.states)]
+        try:
+            jobs, token = await asyncio.to_thread(
+                self._store.list_jobs, tenant, states=states,
+                page_size=request.page_size or DEFAULT_PAGE, page_token=request.page_token)
+        except InvalidPageToken as exc:
+            raise InvalidArgument("page_token", f"is not a token ListJobs returned ({exc})") \
+                from exc
+        return jobs_api.ListJobsResponse(jobs=[job_message(j) for j in jobs],
+                                         next_page_token=token)
+
+    async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[Any]:
+        tenant = self._auth.tenant_of(context, JOBS)
+        last = None
+        while True:
+            message = job_message(await self._job(tenant, request.job_id))
+            if message != last:
+                yield jobs_api.WatchJobResponse(job=message)
+                last = message
+            if _STATE_OF_JOB_MESSAGE[message.state] in _TERMINAL:
+                return
+            await asyncio.sleep(self._settings.watch_poll_s)
+
+    async def CancelJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        job = await asyncio.to_thread(self._store.cancel_job, tenant, request.job_id)
+        if job is None:
+            raise _not_found(request.job_id)
+        return jobs_api.CancelJobResponse(job=job_message(job))
+
+    async def GetJobResults(self, request: Any, context: grpc.aio.ServicerContext
+                            ) -> AsyncIterator[Any]:
+        tenant = self._auth.tenant_of(context, JOBS)
+        await self._job(tenant, request.job_id)
+        after = request.after_index if request.HasField("after_index") else -1
+        while True:
+            page = await asyncio.to_thread(self._store.results, tenant, request.job_id,
+                                           after_index=after, limit=RESULTS_PAGE)
+            if not page:
+                return
+            yield jobs_api.GetJobResultsResponse(results=[result_message(r) for r in page])
+            after = page[-1].index
+
+    # Submission checks ------------------------------------------------------------------------
+
+    def _batch(self, tenant: str, items: Sequence[Any], *, first_index: int) -> list[NewItem]:
+        if first_index + len(items) > MAX_ITEMS:
+            raise OutOfBounds("items", f"{first_index + len(items)} items",
+                              f"at most {MAX_ITEMS:,} in one job")
+        checked = []
+        for offset, item in enumerate(items):
+            path = f"items[{first_index + offset}]"
+            if not 1 <= len(item.custom_id) <= MAX_CUSTOM_ID:
+                raise OutOfBounds(f"{path}.custom_id", f"{len(item.custom_id)} characters",
+                                  f"1 to {MAX_CUSTOM_ID} characters")
+            checked.append(NewItem(item.custom_id,
+                                   *self._checked(tenant, item.request, f"{path}.request")))
+        return checked
+
+    def _checked(self, tenant: str, request: Any, path: str) -> tuple[str, bytes]:
+        """(kind, serialized request) of a job request that passes the submission checks."""
+        kind = request.WhichOneof("request")
+        if kind is None:
+            raise InvalidArgument(path, "must set one of complete, infill or chat")
+        call = getattr(request, kind)
+        try:
+            validate_model_name(call.model)
+            validate_sampling(call.sampling, self._settings.limits)
+            check_priority(self._policies.of(tenant),
+                           validate_priority(call.options, default=pb.PRIORITY_LOW))
+        except FleetError as exc:
+            raise _at(f"{path}.{kind}", exc) from exc
+        return kind, request.SerializeToString()
+
+    async def _create(self, tenant: str, items: list[NewItem], settings: Any) -> JobRecord:
+        if not items:
+            raise InvalidArgument("items", "at least one item is required")
+        window = _window(settings.completion_window_s)
+        webhook_url = self._webhook_url(settings.webhook_url)
+        await self._check_queued_items(tenant, len(items))
+        carrier: dict[str, str] = {}
+        tracing.inject(carrier)
+        try:
+            return await asyncio.to_thread(
+                self._store.create_job, tenant, items, priority=pb.PRIORITY_LOW,
+                completion_window=window, webhook_url=webhook_url,
+                trace_parent=carrier.get("traceparent", ""))
+        except DuplicateCustomId as exc:
+            raise InvalidArgument("items.custom_id", str(exc)) from exc
+
+    async def _check_queued_items(self, tenant: str, adding: int) -> None:
+        limit = self._policies.of(tenant).max_queued_job_items
+        if not limit:
+            return
+        queued = await asyncio.to_thread(self._store.unfinished_items, tenant)
+        if queued + adding > limit:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} may have {limit} job items unfinished "
+                f"(max_queued_job_items); it has {queued} and this job adds {adding}; retry "
+                f"in {_QUEUED_ITEMS_RETRY_S:.0f} s or submit fewer",
+                retry_after_s=_QUEUED_ITEMS_RETRY_S, reason="max_queued_job_items",
+                violations=(QuotaViolation(f"tenant:{tenant}", f"max_queued_job_items {limit}: "
+                                           f"{queued} unfinished, {adding} more asked"),))
+
+    def _webhook_url(self, url: str) -> str:
+        if not url:
+            return ""
+        if len(url) > MAX_WEBHOOK_URL:
+            raise OutOfBounds("settings.webhook_url", f"{len(url)} characters",
+                              f"at most {MAX_WEBHOOK_URL} characters")
+        parts = urlsplit(url)
+        allowed_http = parts.hostname in self._settings.webhook_allow_http_hosts
+        if not parts.hostname or not (parts.scheme == "https" or
+                                      (parts.scheme == "http" and allowed_http)):
+            raise InvalidArgument("settings.webhook_url", f"must be an https URL (http only to "
+                                  f"{', '.join(self._settings.webhook_allow_http_hosts) or 'no host'}), "
+                                  f"got {url[:200]!r}")
+        return url
+
+    async def _job(self, tenant: str, job_id: str) -> JobRecord:
+        job = await asyncio.to_thread(self._store.get_job, tenant, job_id)
+        if job is None:
+            raise _not_found(job_id)
+        return job
+
+
+def _window(seconds: int) -> timedelta:
+    if not seconds:
+        return DEFAULT_WINDOW
+    window = timedelta(seconds=seconds)
+    if not MIN_WINDOW <= window <= MAX_WINDOW:
+        raise OutOfBounds("settings.completion_window_s", seconds,
+                          f"{int(MIN_WINDOW.total_seconds())} to "
+                          f"{int(MAX_WINDOW.total_seconds())} seconds (0: 24 hours)")
+    return window
+
+
+def _state_of(index: int, state: int) -> JobState:
+    if state not in _STATE_OF_JOB_MESSAGE:
+        raise InvalidArgument(f"states[{index}]", f"unknown job state {state}; allowed: "
+                              + ", ".join(jobs_api.JobState.keys()[1:]))
+    return _STATE_OF_JOB_MESSAGE[state]
+
+
+def _at(path: str, exc: FleetError) -> FleetError:
+    """`exc` naming the field under `path` (an item of a batch)."""
+    if isinstance(exc, InvalidArgument):
+        return InvalidArgument(f"{path}.{exc.field}", exc.problem)
+    return type(exc)(f"{path}: {exc.message}")
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id[:80]!r} not found (or not the caller's tenant's)")
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else ""
+
+
+def job_message(job: JobRecord) -> Any:
+    counts = {state.value: job.counts.get(state, 0) for state in ItemState}
+    return jobs_api.Job(job_id=job.id, state=_JOB_STATES[job.state], total_items=job.total_items,
+                        counts=jobs_api.ItemCounts(**counts), created_at=_time(job.created_at),
+                        started_at=_time(job.started_at), finished_at=_time(job.finished_at),
+                        expires_at=_time(job.expires_at), webhook_url=job.webhook_url)
+
+
+def result_message(item: ItemRecord) -> Any:
+    result = jobs_api.ItemResult(index=item.index, custom_id=item.custom_id,
+                                 state=_ITEM_STATES[item.state],
+                                 error_code=item.error_code or 0,
+                                 error_message=item.error_message)
+    if item.result is not None:
+        getattr(result, item.kind).CopyFrom(_RESPONSES[item.kind].FromString(item.result))
+    return result

@@ -1,0 +1,252 @@
+"""Batch jobs through real processes: a gateway with JobService on the registry's database, the
+package's two vLLM workers, Redis. Every item's result equals the same request made as a unary
+call; a gateway SIGKILLed mid-job is replaced and every item still gets exactly one result; a
+cancelled job stops; a job's end is POSTed as a signed Standard Webhooks event; a tenant sees
+only its own jobs; a job never has more than its window of items in the queues."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from pytest_httpserver import HTTPServer
+from standardwebhooks import Webhook
+from werkzeug import Request, Response
+
+from codellama.fleet.v1 import generation_pb2 as pb
+from codellama.fleet.v1 import inference_service_pb2 as api
+from codellama.fleet.v1 import job_service_pb2 as jobs
+from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
+from codellama.fleet.v1.job_service_pb2_grpc import JobServiceStub
+from fleet_cli.processes import ManagedProcess, start_gateway
+from model_registry.database import open_engine
+from model_registry.jobs import ItemState, JobStore
+from tests.e2e.fleet_harness import Fleet
+from tests.failures.conftest import KEYS, MODEL, ensure_workers
+
+pytestmark = pytest.mark.e2e
+A = (("authorization", "Bearer key-a"),)
+B = (("authorization", "Bearer key-b"),)
+WINDOW = 2
+
+
+@dataclass
+class JobGateway:
+    process: ManagedProcess
+    target: str
+
+    def jobs(self) -> JobServiceStub:
+        return JobServiceStub(grpc.insecure_channel(self.target))
+
+    def inference(self) -> InferenceServiceStub:
+        return InferenceServiceStub(grpc.insecure_channel(self.target))
+
+
+def _start(fleet: Fleet) -> JobGateway:
+    process, port = start_gateway({
+        "FLEET_REGISTRY_URL": fleet.registry_url, "FLEET_REDIS_URL": fleet.redis_url,
+        "FLEET_JOBS_DATABASE_URL": fleet.registry_url, "FLEET_API_KEYS": json.dumps(KEYS),
+        "FLEET_WORKER_LIVENESS_S": "3", "FLEET_REGISTRY_REFRESH_S": "0.5",
+        "FLEET_JOB_WINDOW": str(WINDOW), "FLEET_JOB_LEASE_S": "3", "FLEET_JOB_POLL_S": "0.2",
+        "FLEET_WEBHOOK_ALLOW_HTTP_HOSTS": json.dumps(["127.0.0.1"])}, fleet.log_dir)
+    return JobGateway(process, f"127.0.0.1:{port}")
+
+
+@pytest.fixture
+def gateway(fleet: Fleet) -> Iterator[JobGateway]:
+    ensure_workers(fleet)
+    started = _start(fleet)
+    try:
+        yield started
+    finally:
+        started.process.stop()
+
+
+def _item(custom_id: str, prompt: str, tokens: int) -> jobs.BatchItem:
+    return jobs.BatchItem(custom_id=custom_id, request=jobs.JobRequest(
+        complete=api.CompleteRequest(model=MODEL, prompt=prompt, sampling=pb.SamplingParams(
+            max_tokens=tokens, temperature=0.0, ignore_eos=True))))
+
+
+def _wait_ended(stub: JobServiceStub, job_id: str, timeout: float = 240) -> list[jobs.Job]:
+    """Every change WatchJob reported, until the job ended."""
+    return [m.job for m in stub.WatchJob(jobs.WatchJobRequest(job_id=job_id), metadata=A,
+                                         timeout=timeout)]
+
+
+def _results(stub: JobServiceStub, job_id: str) -> list[jobs.ItemResult]:
+    return [r for page in stub.GetJobResults(jobs.GetJobResultsRequest(job_id=job_id),
+                                             metadata=A, timeout=30) for r in page.results]
+
+
+def test_every_item_of_a_batch_gets_the_answer_a_unary_call_gets(gateway: JobGateway) -> None:
+    items = [_item(f"hunk-{i}", f"def f{i}(x):", 12 + i) for i in range(5)]
+    chat = jobs.BatchItem(custom_id="review", request=jobs.JobRequest(chat=api.ChatRequest(
+        model=MODEL, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="Review: x = 1")],
+        sampling=pb.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))))
+    submitted = gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(items=[*items, chat]),
+                                           metadata=A, timeout=30).job
+    assert submitted.state == jobs.JOB_STATE_QUEUED and submitted.total_items == 6
+    changes = _wait_ended(gateway.jobs(), submitted.job_id)
+    assert changes[-1].state == jobs.JOB_STATE_SUCCEEDED, changes[-1]
+    assert changes[-1].counts.succeeded == 6 and changes[-1].finished_at
+    assert any(c.state == jobs.JOB_STATE_RUNNING for c in changes), "never seen running"
+    results = _results(gateway.jobs(), submitted.job_id)
+    assert [(r.index, r.custom_id, r.state) for r in results] == [
+        (i, item.custom_id, jobs.ITEM_STATE_SUCCEEDED) for i, item in enumerate([*items, chat])]
+    for result, item in zip(results[:5], items, strict=True):
+        direct = gateway.inference().Complete(item.request.complete, metadata=A, timeout=60)
+        assert list(result.complete.choices[0].token_ids) == list(direct.choices[0].token_ids)
+        assert result.complete.usage.completion_tokens == item.request.complete.sampling.max_tokens
+        assert result.complete.request_id == f"{submitted.job_id}.{result.index}"
+    direct_chat = gateway.inference().Chat(chat.request.chat, metadata=A, timeout=60)
+    assert results[5].chat.choices[0].text == direct_chat.choices[0].text
+
+
+def test_a_tenant_sees_only_its_own_jobs(gateway: JobGateway) -> None:
+    job = gateway.jobs().SubmitJob(jobs.SubmitJobRequest(request=_item("x", "y = ", 2).request),
+                                   metadata=A, timeout=30).job
+    with pytest.raises(grpc.RpcError) as other:
+        gateway.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=B, timeout=10)
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND, other.value.details()
+    mine = gateway.jobs().ListJobs(jobs.ListJobsRequest(), metadata=A, timeout=10).jobs
+    theirs = gateway.jobs().ListJobs(jobs.ListJobsRequest(), metadata=B, timeout=10).jobs
+    assert job.job_id in {j.job_id for j in mine}
+    assert job.job_id not in {j.job_id for j in theirs}
+    with pytest.raises(grpc.RpcError) as cancel:
+        gateway.jobs().CancelJob(jobs.CancelJobRequest(job_id=job.job_id), metadata=B, timeout=10)
+    assert cancel.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _wait_ended(gateway.jobs(), job.job_id)[-1].state == jobs.JOB_STATE_SUCCEEDED
+
+
+def test_a_refused_batch_names_the_item_and_field(gateway: JobGateway) -> None:
+    bad = _item("b", "z", 4)
+    bad.request.complete.sampling.n = 99
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(items=[_item("a", "z", 4), bad]),
+                                   metadata=A, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("items[1].request.complete.sampling.n:"), \
+        refused.value.details()
+    with pytest.raises(grpc.RpcError) as duplicate:
+        gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(items=[_item("a", "z", 4)] * 2),
+                                   metadata=A, timeout=10)
+    assert duplicate.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'a'" in duplicate.value.details(), duplicate.value.details()
+    with pytest.raises(grpc.RpcError) as empty:
+        gateway.jobs().SubmitJob(jobs.SubmitJobRequest(request=jobs.JobRequest()), metadata=A,
+                                 timeout=10)
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert empty.value.details().startswith("request:"), empty.value.details()
+    with pytest.raises(grpc.RpcError) as window:
+        gateway.jobs().SubmitJob(jobs.SubmitJobRequest(
+            request=_item("w", "z", 4).request, settings=jobs.JobSettings(completion_window_s=5)),
+            metadata=A, timeout=10)
+    assert window.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert window.value.details() == ("settings.completion_window_s: must be 60 to 604800 "
+                                      "seconds (0: 24 hours), got 5"), window.value.details()
+
+
+def test_a_job_never_has_more_than_its_window_of_items_running(fleet: Fleet,
+                                                               gateway: JobGateway) -> None:
+    store = JobStore(open_engine(fleet.registry_url))
+    job = gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(
+        items=[_item(f"w{i}", f"w{i} = ", 40) for i in range(8)]), metadata=A, timeout=30).job
+    most, seen = 0, None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        seen = store.get_job("tenant-a", job.job_id)
+        assert seen is not None
+        most = max(most, seen.counts.get(ItemState.RUNNING, 0))
+        if seen.finished_at is not None:
+            break
+        time.sleep(0.05)
+    assert seen is not None and seen.finished_at is not None, "the job did not end"
+    assert 1 <= most <= WINDOW, most
+
+
+def test_a_cancelled_job_stops_and_keeps_what_ended(gateway: JobGateway) -> None:
+    job = gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(
+        items=[_item(f"c{i}", f"c{i} = ", 600) for i in range(6)]), metadata=A, timeout=30).job
+    deadline = time.monotonic() + 120
+    while gateway.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
+                                timeout=10).job.counts.running == 0:
+        assert time.monotonic() < deadline, "no item started"
+        time.sleep(0.05)
+    cancelled = gateway.jobs().CancelJob(jobs.CancelJobRequest(job_id=job.job_id), metadata=A,
+                                         timeout=10).job
+    assert cancelled.state in (jobs.JOB_STATE_CANCELLING, jobs.JOB_STATE_CANCELLED)
+    final = _wait_ended(gateway.jobs(), job.job_id, timeout=60)[-1]
+    assert final.state == jobs.JOB_STATE_CANCELLED, final
+    assert final.counts.cancelled >= 4, final.counts  # a window of 2: at least 4 never ran
+    assert final.counts.queued == final.counts.running == 0
+    results = _results(gateway.jobs(), job.job_id)
+    assert len(results) == 6 and {r.state for r in results} <= {
+        jobs.ITEM_STATE_SUCCEEDED, jobs.ITEM_STATE_CANCELLED}
+
+
+def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Fleet) -> None:
+    ensure_workers(fleet)
+    first = _start(fleet)
+    second = None
+    try:
+        job = first.jobs().SubmitBatch(jobs.SubmitBatchRequest(
+            items=[_item(f"k{i}", f"k{i} = ", 300) for i in range(6)]), metadata=A,
+            timeout=30).job
+        deadline = time.monotonic() + 120
+        while first.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
+                                  timeout=10).job.counts.running == 0:
+            assert time.monotonic() < deadline, "no item started"
+            time.sleep(0.05)
+        os.kill(first.process.process.pid, signal.SIGKILL)
+        first.process.process.wait(timeout=30)
+        second = _start(fleet)
+        final = _wait_ended(second.jobs(), job.job_id)[-1]
+        assert final.state == jobs.JOB_STATE_SUCCEEDED, final
+        results = _results(second.jobs(), job.job_id)
+        assert [r.index for r in results] == list(range(6))
+        assert all(r.complete.usage.completion_tokens == 300 for r in results)
+        for r in results:
+            direct = second.inference().Complete(api.CompleteRequest(
+                model=MODEL, prompt=f"k{r.index} = ", sampling=pb.SamplingParams(
+                    max_tokens=300, temperature=0.0, ignore_eos=True)), metadata=A, timeout=60)
+            assert list(r.complete.choices[0].token_ids) == list(direct.choices[0].token_ids)
+    finally:
+        first.process.stop()
+        if second is not None:
+            second.process.stop()
+
+
+def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway: JobGateway,
+                                                          httpserver: HTTPServer) -> None:
+    received: list[tuple[bytes, dict[str, str]]] = []
+    got = threading.Event()
+    attempts = []
+
+    def receive(request: Request) -> Response:
+        attempts.append(request.headers.get("webhook-id"))
+        if len(attempts) == 1:
+            return Response("busy", status=503, headers={"Retry-After": "1"})
+        received.append((request.get_data(), dict(request.headers)))
+        got.set()
+        return Response("", status=204)
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+    job = gateway.jobs().SubmitJob(jobs.SubmitJobRequest(
+        request=_item("h", "h = ", 3).request,
+        settings=jobs.JobSettings(webhook_url=httpserver.url_for("/hook"))), metadata=A,
+        timeout=30).job
+    assert got.wait(90), f"no webhook delivered; attempts {attempts}"
+    body, headers = received[0]
+    secret = JobStore(open_engine(fleet.registry_url)).webhook_secret("tenant-a")
+    event = Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job.job_id
+    assert len(set(attempts)) == 1, "a retry must keep the webhook-id"
+    assert len(attempts) == 2, attempts

@@ -1,0 +1,300 @@
+"""JobService and the job runner in-process: the real servicers behind a real gRPC server, a
+real jobs database (SQLite), and a fake dispatcher that answers each task from a script. What
+reaches the dispatcher (priority, request ids, at most a window at a time), what the job's
+results say, cancels and retries. Through real workers: tests/failures/test_jobs.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from codellama.fleet.v1 import generation_pb2 as pb
+from codellama.fleet.v1 import inference_service_pb2 as api
+from codellama.fleet.v1 import job_service_pb2 as jobs
+from codellama.fleet.v1 import job_service_pb2_grpc as jobs_grpc
+from fleet_common.errors import FleetError, InvalidArgument, Unavailable
+from fleet_common.keys import request_scope, result_stream
+from fleet_common.wire import Delta, Final, GenerationTask, Started, StreamEvent
+from fleet_server.interceptor import ErrorMappingInterceptor
+from gateway.auth import Authenticator
+from gateway.job_runner import JobRunner, JobRunnerSettings
+from gateway.job_service import JobServicer, JobServiceSettings
+from gateway.model_directory import ModelDirectory
+from gateway.prompts import PromptBuilder
+from gateway.request_run import RequestRun
+from gateway.result_feeds import ResultFeed
+from gateway.servicer import InferenceServicer
+from gateway.settings import GatewaySettings
+from gateway.tenant_policies import TenantPolicies
+from model_registry.database import migrate, open_engine
+from model_registry.jobs import JobStore
+from model_registry.reader import StoreRegistryReader
+from model_registry.registration import register_model
+from model_registry.store import RegistryStore
+
+pytestmark = pytest.mark.timeout(60)
+MODEL = "tiny-7b-instruct"
+KEYS = {"key-a": "acme", "key-b": "rival"}
+A = (("authorization", "Bearer key-a"),)
+B = (("authorization", "Bearer key-b"),)
+WINDOW = 2
+
+
+class ScriptedDispatcher:
+    """Answers each task with one delta (token ids 7, 8, 9) and a final, once `release`d when
+    `hold` is set; fails a task's first `fail_first` submissions with `failure`."""
+
+    def __init__(self) -> None:
+        self.submitted: list[GenerationTask] = []
+        self.abandoned: list[str] = []
+        self.running = 0
+        self.most_running = 0
+        self.hold = False
+        self.released = asyncio.Event()
+        self.failure: FleetError | None = None
+        self.fail_first = 0
+        self._failed: dict[str, int] = {}
+
+    async def submit(self, task: GenerationTask, queue: str, pool: str, *,
+                     fingerprint: str) -> RequestRun:
+        if self.failure is not None and self._failed.get(task.request_id, 0) < self.fail_first:
+            self._failed[task.request_id] = self._failed.get(task.request_id, 0) + 1
+            raise self.failure
+        self.submitted.append(task)
+        scope = request_scope(task.tenant, task.request_id)
+        return RequestRun(task, queue, pool, ResultFeed(scope, result_stream(scope).encode()))
+
+    async def events(self, run: RequestRun) -> AsyncIterator[StreamEvent]:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            yield StreamEvent(attempt=1, started=Started(worker="w", pool="7b",
+                                                         model_version="v1"))
+            if self.hold:
+                await self.released.wait()
+            yield StreamEvent(attempt=1, delta=Delta(choices=[pb.ChoiceDelta(
+                token_ids=[7, 8, 9], text="abc")]))
+            yield StreamEvent(attempt=1, final=Final(
+                finish_reasons=[pb.FINISH_REASON_LENGTH], prompt_tokens=3,
+                completion_tokens=3, worker="w", pool="7b", model_version="v1"))
+        finally:
+            self.running -= 1
+
+    async def finish(self, run: RequestRun) -> None:
+        pass
+
+    async def abandon(self, run: RequestRun) -> None:
+        self.abandoned.append(run.task.request_id)
+
+    async def live_worker_count(self, queue: str) -> int:
+        return 1
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory,
+           tiny_checkpoints: dict[str, Path]) -> ModelDirectory:
+    engine = open_engine(f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}")
+    migrate(engine)
+    store = RegistryStore(engine)
+    store.ensure_default_pools()
+    register_model(store, model=MODEL, version="v1", checkpoint_dir=tiny_checkpoints["infill"],
+                   variant="codellama-7b-instruct", context_limit=2048, dtype="float32")
+    directory = ModelDirectory(StoreRegistryReader(store, engine), refresh_s=3600)
+    directory.load()
+    return directory
+
+
+@dataclass
+class Jobs:
+    stub: jobs_grpc.JobServiceStub
+    dispatcher: ScriptedDispatcher
+    store: JobStore
+    runners: list[JobRunner] = field(default_factory=list)
+    servicer: InferenceServicer | None = None
+
+    def runner(self, owner: str, lease_s: float = 30.0) -> JobRunner:
+        assert self.servicer is not None
+        runner = JobRunner(self.store, self.servicer, JobRunnerSettings(
+            owner=owner, window_per_job=WINDOW, max_in_flight=16, lease_s=lease_s, poll_s=0.05,
+            max_attempts=3, max_deadline_s=60, retention_s=3600))
+        runner.start()
+        self.runners.append(runner)
+        return runner
+
+
+@pytest.fixture
+async def service(models: ModelDirectory, tmp_path: Path) -> AsyncIterator[Jobs]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    migrate(engine)
+    store = JobStore(engine)
+    settings = GatewaySettings(api_keys=KEYS)
+    auth = Authenticator(settings.api_keys)
+    dispatcher = ScriptedDispatcher()
+    servicer = InferenceServicer(settings, models, PromptBuilder(settings.limits), dispatcher,
+                                 auth)
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    jobs_grpc.add_JobServiceServicer_to_server(JobServicer(
+        store, auth, TenantPolicies(), JobServiceSettings(settings.limits, watch_poll_s=0.05)),
+        server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stub = jobs_grpc.JobServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+    service = Jobs(stub, dispatcher, store, servicer=servicer)
+    yield service
+    for runner in service.runners:
+        await runner.aclose()
+    await server.stop(0)
+
+
+def _item(custom_id: str, prompt: str = "def f():") -> jobs.BatchItem:
+    return jobs.BatchItem(custom_id=custom_id, request=jobs.JobRequest(
+        complete=api.CompleteRequest(model=MODEL, prompt=prompt,
+                                     sampling=pb.SamplingParams(max_tokens=3))))
+
+
+async def _ended(service: Jobs, job_id: str) -> jobs.Job:
+    async with asyncio.timeout(20):
+        async for change in service.stub.WatchJob(jobs.WatchJobRequest(job_id=job_id),
+                                                  metadata=A):
+            last = change.job
+    return last
+
+
+async def _results(service: Jobs, job_id: str) -> list[jobs.ItemResult]:
+    return [r async for page in service.stub.GetJobResults(
+        jobs.GetJobResultsRequest(job_id=job_id), metadata=A) for r in page.results]
+
+
+async def test_a_batch_runs_every_item_once_at_low_priority_within_its_window(
+        service: Jobs) -> None:
+    service.runner("gw-1")
+    job = (await service.stub.SubmitBatch(jobs.SubmitBatchRequest(
+        items=[_item(f"c{i}") for i in range(6)]), metadata=A)).job
+    final = await _ended(service, job.job_id)
+    assert final.state == jobs.JOB_STATE_SUCCEEDED and final.counts.succeeded == 6
+    tasks = service.dispatcher.submitted
+    assert sorted(t.request_id for t in tasks) == [f"{job.job_id}.{i}" for i in range(6)]
+    assert {t.priority for t in tasks} == {pb.PRIORITY_LOW}
+    assert {t.tenant for t in tasks} == {"acme"}
+    assert 1 <= service.dispatcher.most_running <= WINDOW
+    results = await _results(service, job.job_id)
+    assert [(r.index, r.custom_id) for r in results] == [(i, f"c{i}") for i in range(6)]
+    assert all(list(r.complete.choices[0].token_ids) == [7, 8, 9] for r in results)
+    assert {r.complete.usage.completion_tokens for r in results} == {3}
+
+
+async def test_a_caller_may_ask_for_more_than_low_for_an_item(service: Jobs) -> None:
+    service.runner("gw-1")
+    item = _item("n")
+    item.request.complete.options.priority = pb.PRIORITY_HIGH
+    job = (await service.stub.SubmitBatch(jobs.SubmitBatchRequest(items=[item]),
+                                          metadata=A)).job
+    assert (await _ended(service, job.job_id)).state == jobs.JOB_STATE_SUCCEEDED
+    assert [t.priority for t in service.dispatcher.submitted] == [pb.PRIORITY_HIGH]
+
+
+async def test_a_streamed_batch_is_one_job(service: Jobs) -> None:
+    async def messages() -> AsyncIterator[jobs.SubmitBatchStreamRequest]:
+        yield jobs.SubmitBatchStreamRequest(settings=jobs.JobSettings(completion_window_s=600),
+                                            items=[_item("s0")])
+        yield jobs.SubmitBatchStreamRequest(items=[_item("s1"), _item("s2")])
+
+    job = (await service.stub.SubmitBatchStream(messages(), metadata=A)).job
+    assert job.total_items == 3 and job.counts.queued == 3
+    assert job.state == jobs.JOB_STATE_QUEUED
+
+
+async def test_cancel_stops_the_running_items_and_drops_the_queued(service: Jobs) -> None:
+    service.dispatcher.hold = True
+    service.runner("gw-1")
+    job = (await service.stub.SubmitBatch(jobs.SubmitBatchRequest(
+        items=[_item(f"x{i}") for i in range(5)]), metadata=A)).job
+    async with asyncio.timeout(10):
+        while service.dispatcher.running < WINDOW:
+            await asyncio.sleep(0.01)
+    cancelled = (await service.stub.CancelJob(jobs.CancelJobRequest(job_id=job.job_id),
+                                              metadata=A)).job
+    assert cancelled.state == jobs.JOB_STATE_CANCELLING
+    assert cancelled.counts.cancelled == 3 and cancelled.counts.running == 2
+    final = await _ended(service, job.job_id)
+    assert final.state == jobs.JOB_STATE_CANCELLED and final.counts.cancelled == 5
+    assert sorted(service.dispatcher.abandoned) == [f"{job.job_id}.{i}" for i in range(2)]
+    assert {r.error_code for r in await _results(service, job.job_id)} == {
+        grpc.StatusCode.CANCELLED.value[0]}
+
+
+async def test_an_unavailable_fleet_is_retried_and_a_refusal_fails_the_item(
+        service: Jobs) -> None:
+    service.dispatcher.failure = Unavailable("no live worker serves tiny@v1")
+    service.dispatcher.fail_first = 1
+    service.runner("gw-1")
+    retried = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("r").request),
+                                            metadata=A)).job
+    assert (await _ended(service, retried.job_id)).state == jobs.JOB_STATE_SUCCEEDED
+    service.dispatcher.failure = InvalidArgument("sampling.max_tokens", "must be at most 1")
+    service.dispatcher.fail_first = 10
+    refused = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("f").request),
+                                            metadata=A)).job
+    final = await _ended(service, refused.job_id)
+    assert final.state == jobs.JOB_STATE_FAILED
+    [result] = await _results(service, refused.job_id)
+    assert (result.state, result.error_code) == (jobs.ITEM_STATE_FAILED,
+                                                 grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert result.error_message == "sampling.max_tokens: must be at most 1"
+
+
+async def test_the_items_of_a_stopped_gateway_run_again_on_another(service: Jobs) -> None:
+    service.dispatcher.hold = True
+    first = service.runner("gw-1", lease_s=3)
+    job = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("g").request),
+                                        metadata=A)).job
+    async with asyncio.timeout(10):
+        while service.dispatcher.running < 1:
+            await asyncio.sleep(0.01)
+    await first.aclose()
+    service.runners.remove(first)
+    service.dispatcher.hold = False
+    began = time.monotonic()
+    service.runner("gw-2", lease_s=3)
+    final = await _ended(service, job.job_id)
+    assert final.state == jobs.JOB_STATE_SUCCEEDED and final.counts.succeeded == 1
+    assert time.monotonic() - began >= 1.0, "taken again before the first lease lapsed"
+    assert [t.request_id for t in service.dispatcher.submitted] == [f"{job.job_id}.0"] * 2
+
+
+async def test_jobs_are_the_tenants_own_and_refusals_name_the_field(service: Jobs) -> None:
+    job = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("t").request),
+                                        metadata=A)).job
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await service.stub.GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=B)
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND
+    assert [j.job_id for j in (await service.stub.ListJobs(jobs.ListJobsRequest(),
+                                                           metadata=B)).jobs] == []
+    with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+        await service.stub.ListJobs(jobs.ListJobsRequest())
+    assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    bad = _item("b")
+    bad.request.complete.sampling.temperature = 5
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await service.stub.SubmitBatch(jobs.SubmitBatchRequest(items=[_item("a"), bad]),
+                                       metadata=A)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == ("items[1].request.complete.sampling.temperature: must "
+                                       "be between 0 and 2, got 5.0"), refused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as webhook:
+        await service.stub.SubmitJob(jobs.SubmitJobRequest(
+            request=_item("w").request,
+            settings=jobs.JobSettings(webhook_url="http://10.0.0.1/hook")), metadata=A)
+    assert webhook.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert webhook.value.details().startswith("settings.webhook_url: must be an https URL")
+    with pytest.raises(grpc.aio.AioRpcError) as too_many:
+        await service.stub.SubmitBatch(jobs.SubmitBatchRequest(
+            items=[_item(f"m{i}") for i in range(10_001)]), metadata=A)
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 10,000 in one job" in too_many.value.details()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
@@ -35,6 +37,7 @@ from gateway.tenant_policies import TenantPolicies
 from model_registry.database import migrate, open_engine
 from model_registry.jobs import JobStore
 from model_registry.reader import StoreRegistryReader
+from model_registry.records import TenantPolicy
 from model_registry.registration import register_model
 from model_registry.store import RegistryStore
 
@@ -115,6 +118,7 @@ class Jobs:
     stub: jobs_grpc.JobServiceStub
     dispatcher: ScriptedDispatcher
     store: JobStore
+    policies: TenantPolicies
     runners: list[JobRunner] = field(default_factory=list)
     servicer: InferenceServicer | None = None
 
@@ -136,16 +140,17 @@ async def service(models: ModelDirectory, tmp_path: Path) -> AsyncIterator[Jobs]
     settings = GatewaySettings(api_keys=KEYS)
     auth = Authenticator(settings.api_keys)
     dispatcher = ScriptedDispatcher()
+    policies = TenantPolicies()
     servicer = InferenceServicer(settings, models, PromptBuilder(settings.limits), dispatcher,
-                                 auth)
+                                 auth, policies)
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
     jobs_grpc.add_JobServiceServicer_to_server(JobServicer(
-        store, auth, TenantPolicies(), JobServiceSettings(settings.limits, watch_poll_s=0.05)),
+        store, auth, policies, JobServiceSettings(settings.limits, watch_poll_s=0.05)),
         server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stub = jobs_grpc.JobServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
-    service = Jobs(stub, dispatcher, store, servicer=servicer)
+    service = Jobs(stub, dispatcher, store, policies, servicer=servicer)
     yield service
     for runner in service.runners:
         await runner.aclose()
@@ -298,3 +303,33 @@ async def test_jobs_are_the_tenants_own_and_refusals_name_the_field(service: Job
             items=[_item(f"m{i}") for i in range(10_001)]), metadata=A)
     assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 10,000 in one job" in too_many.value.details()
+
+
+async def test_a_tenants_unfinished_items_and_priority_ceiling_are_enforced(
+        service: Jobs) -> None:
+    service.policies.install([TenantPolicy(tenant="acme", max_queued_job_items=3,
+                                           max_priority="normal")])
+    await service.stub.SubmitBatch(jobs.SubmitBatchRequest(items=[_item("q0"), _item("q1")]),
+                                   metadata=A)
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await service.stub.SubmitBatch(jobs.SubmitBatchRequest(
+            items=[_item("q2"), _item("q3")]), metadata=A)
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queued_job_items" in full.value.details() and "has 2" in full.value.details()
+    details = {d.type_url.rsplit("/", 1)[-1]: d
+               for d in rpc_status.from_call(full.value).details}
+    quota, retry = error_details_pb2.QuotaFailure(), error_details_pb2.RetryInfo()
+    details["google.rpc.QuotaFailure"].Unpack(quota)
+    details["google.rpc.RetryInfo"].Unpack(retry)
+    assert quota.violations[0].subject == "tenant:acme"
+    assert retry.retry_delay.seconds == 60
+    assert (await service.stub.ListJobs(jobs.ListJobsRequest(), metadata=A)).jobs[0].total_items \
+        == 2, "a refused job stores nothing"
+    high = _item("h")
+    high.request.complete.options.priority = pb.PRIORITY_HIGH
+    with pytest.raises(grpc.aio.AioRpcError) as ceiling:
+        await service.stub.SubmitJob(jobs.SubmitJobRequest(request=high.request), metadata=A)
+    assert ceiling.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ceiling.value.details().startswith("request.complete: options.priority: tenant "
+                                              "'acme' may ask for priority up to "
+                                              "PRIORITY_NORMAL"), ceiling.value.details()

@@ -251,6 +251,17 @@ def test_only_the_registry_pod_can_read_the_database_secret(helm: Path) -> None:
     assert "FLEET_REGISTRY_URL" not in by_kind(docs, "ConfigMap")["fleet-config"]["data"]
 
 
+def test_only_gateways_read_the_jobs_database_secret_and_only_when_named(helm: Path) -> None:
+    assert not any("FLEET_JOBS_DATABASE_URL" in s["stringData"] for s in by_kind(
+        chart.render({"secrets": {"create": True}}, helm=helm), "Secret").values())
+    docs = chart.render({"secrets": {"create": True, "jobsDatabase": "fleet-jobs-db"}},
+                        helm=helm)
+    assert "FLEET_JOBS_DATABASE_URL" in by_kind(docs, "Secret")["fleet-jobs-db"]["stringData"]
+    readers = {name for name, pod in pods(docs).items()
+               if "fleet-jobs-db" in _secrets_referenced(pod)}
+    assert readers == {"fleet-gateway"}, readers
+
+
 def test_gateways_and_workers_read_the_registry_through_its_service(docs: list[dict]) -> None:
     service = by_kind(docs, "Service")["fleet-registry"]
     grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")["port"]

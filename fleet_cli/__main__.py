@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from fleet_cli import client, local_preview, registry_client
+from fleet_cli.job_commands import add_job_commands
 from fleet_cli.operator import add_operator_commands
 from fleet_cli.usage_command import add_usage_command
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_operator_commands(commands)
     registry_client.add_commands(commands)
     add_usage_command(commands)
+    add_job_commands(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ results say, cancels and retries. Through real workers: tests/failures/test_jobs
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.json_format import MessageToDict
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -20,6 +22,7 @@ from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1 import job_service_pb2 as jobs
 from codellama.fleet.v1 import job_service_pb2_grpc as jobs_grpc
+from fleet_cli.__main__ import main
 from fleet_common.errors import FleetError, InvalidArgument, Unavailable
 from fleet_common.keys import request_scope, result_stream
 from fleet_common.wire import Delta, Final, GenerationTask, Started, StreamEvent
@@ -119,6 +122,7 @@ class Jobs:
     dispatcher: ScriptedDispatcher
     store: JobStore
     policies: TenantPolicies
+    target: str
     runners: list[JobRunner] = field(default_factory=list)
     servicer: InferenceServicer | None = None
 
@@ -150,7 +154,8 @@ async def service(models: ModelDirectory, tmp_path: Path) -> AsyncIterator[Jobs]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stub = jobs_grpc.JobServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
-    service = Jobs(stub, dispatcher, store, policies, servicer=servicer)
+    service = Jobs(stub, dispatcher, store, policies, f"127.0.0.1:{port}",
+                   servicer=servicer)
     yield service
     for runner in service.runners:
         await runner.aclose()
@@ -333,3 +338,24 @@ async def test_a_tenants_unfinished_items_and_priority_ceiling_are_enforced(
     assert ceiling.value.details().startswith("request.complete: options.priority: tenant "
                                               "'acme' may ask for priority up to "
                                               "PRIORITY_NORMAL"), ceiling.value.details()
+
+
+async def test_the_fleet_job_commands_submit_watch_and_read_results(
+        service: Jobs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    service.runner("gw-1")
+    target = service.target
+    batch = tmp_path / "items.jsonl"
+    batch.write_text("".join(
+        json.dumps(MessageToDict(_item(f"l{i}"), preserving_proto_field_name=True)) + "\n"
+        for i in range(3)))
+    common = ["--target", target, "--api-key", "key-a"]
+    assert await asyncio.to_thread(main, ["job", "submit", str(batch), *common]) == 0
+    job_id = json.loads(capsys.readouterr().out)["job_id"]
+    assert await asyncio.to_thread(main, ["job", "watch", job_id, *common]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["state"] == "JOB_STATE_SUCCEEDED"
+    assert await asyncio.to_thread(main, ["job", "results", job_id, *common]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r.get("index", 0), r["custom_id"]) for r in lines] == [(0, "l0"), (1, "l1"),
+                                                                   (2, "l2")]
+    assert await asyncio.to_thread(main, ["job", "get", "job_nope", *common]) == 1
+    assert capsys.readouterr().err.startswith("NOT_FOUND: job 'job_nope' not found")

@@ -41,6 +41,9 @@ def add_job_commands(commands: Any) -> None:
     listing.add_argument("--page-token", default="")
     listing.set_defaults(handler=run_list)
 
+    secret = _action(actions, "webhook-secret", "the tenant's webhook signing secret")
+    secret.set_defaults(handler=run_webhook_secret)
+
     for name, handler, help_text in (("get", run_get, "a job's state and counts"),
                                      ("watch", run_watch, "a job's changes until it ends"),
                                      ("cancel", run_cancel, "cancel a job"),
@@ -157,6 +160,15 @@ def run_results(args: argparse.Namespace) -> int:
                                               metadata=_metadata(args), timeout=args.timeout):
             for result in page.results:
                 _print(result)
+    except grpc.RpcError as err:
+        return _failed(err)
+    return 0
+
+
+def run_webhook_secret(args: argparse.Namespace) -> int:
+    try:
+        print(_stub(args).GetWebhookSecret(jobs.GetWebhookSecretRequest(),
+                                           metadata=_metadata(args), timeout=args.timeout).secret)
     except grpc.RpcError as err:
         return _failed(err)
     return 0

@@ -157,6 +157,11 @@ class JobServicer(jobs_grpc.JobServiceServicer):
             yield jobs_api.GetJobResultsResponse(results=[result_message(r) for r in page])
             after = page[-1].index
 
+    async def GetWebhookSecret(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = self._auth.tenant_of(context, JOBS)
+        secret = await asyncio.to_thread(self._store.webhook_secret, tenant)
+        return jobs_api.GetWebhookSecretResponse(secret=secret)
+
     # Submission checks ------------------------------------------------------------------------
 
     def _batch(self, tenant: str, items: Sequence[Any], *, first_index: int) -> list[NewItem]:

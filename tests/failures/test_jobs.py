@@ -245,7 +245,8 @@ def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway:
         timeout=30).job
     assert got.wait(90), f"no webhook delivered; attempts {attempts}"
     body, headers = received[0]
-    secret = JobStore(open_engine(fleet.registry_url)).webhook_secret("tenant-a")
+    secret = gateway.jobs().GetWebhookSecret(jobs.GetWebhookSecretRequest(), metadata=A,
+                                             timeout=10).secret
     event = Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
     assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job.job_id
     assert len(set(attempts)) == 1, "a retry must keep the webhook-id"

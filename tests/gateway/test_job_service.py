@@ -359,3 +359,8 @@ async def test_the_fleet_job_commands_submit_watch_and_read_results(
                                                                    (2, "l2")]
     assert await asyncio.to_thread(main, ["job", "get", "job_nope", *common]) == 1
     assert capsys.readouterr().err.startswith("NOT_FOUND: job 'job_nope' not found")
+    assert await asyncio.to_thread(main, ["job", "webhook-secret", *common]) == 0
+    assert capsys.readouterr().out.strip() == service.store.webhook_secret("acme")
+    other = (await service.stub.GetWebhookSecret(jobs.GetWebhookSecretRequest(),
+                                                 metadata=B)).secret
+    assert other.startswith("whsec_") and other != service.store.webhook_secret("acme")

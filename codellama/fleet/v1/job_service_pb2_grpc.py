@@ -91,6 +91,11 @@ class JobServiceStub:
                 request_serializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetJobResultsRequest.SerializeToString,
                 response_deserializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetJobResultsResponse.FromString,
                 _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/codellama.fleet.v1.JobService/GetWebhookSecret',
+                request_serializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetWebhookSecretRequest.SerializeToString,
+                response_deserializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -170,6 +175,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookSecret(self, request, context):
+        """The caller's tenant's webhook signing secret (`whsec_...`), created on first use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +224,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetJobResults,
                     request_deserializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetJobResultsRequest.FromString,
                     response_serializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetJobResultsResponse.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetWebhookSecretRequest.FromString,
+                    response_serializer=codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +464,33 @@ class JobService:
             '/codellama.fleet.v1.JobService/GetJobResults',
             codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetJobResultsRequest.SerializeToString,
             codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetJobResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codellama.fleet.v1.JobService/GetWebhookSecret',
+            codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetWebhookSecretRequest.SerializeToString,
+            codellama_dot_fleet_dot_v1_dot_job__service__pb2.GetWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

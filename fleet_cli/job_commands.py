@@ -1,8 +1,10 @@
-"""`fleet job ...`: batch jobs from the command line (JobService, docs/jobs.md).
+"""`fleet jobs ...`: batch jobs from the command line (JobService, docs/jobs.md).
 
-`fleet job submit items.jsonl` streams a batch, one JSON BatchItem per line in protobuf's JSON
-mapping (`{"custom_id": "a", "request": {"complete": {"model": "...", "prompt": "..."}}}`);
-`fleet job results JOB` writes one JSON ItemResult per line, so the two make a pipeline.
+`fleet jobs submit --file items.jsonl` streams a batch, one JSON BatchItem per line in
+protobuf's JSON mapping (`{"custom_id": "a", "request": {"complete": {"model": "...",
+"prompt": "..."}}}`); `fleet jobs results JOB -o results.jsonl` writes one JSON ItemResult per
+line; `fleet jobs watch JOB` shows a progress bar until the job ends (`--json`: every change as
+a JSON line).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ _ITEMS_PER_MESSAGE = 500
 
 
 def add_job_commands(commands: Any) -> None:
-    job = commands.add_parser("job", help="batch jobs: submit, list, get, watch, cancel, results")
+    job = commands.add_parser("jobs", help="batch jobs: submit, list, get, watch, cancel, "
+                                           "results, webhook-secret")
     actions = job.add_subparsers(dest="job_command", required=True)
 
-    submit = _action(actions, "submit", "submit a batch from a JSON-lines file ('-': stdin)")
-    submit.add_argument("items", help="one BatchItem per line, in protobuf JSON")
-    submit.add_argument("--webhook-url", default="")
+    submit = _action(actions, "submit", "submit a batch from a JSON-lines file")
+    submit.add_argument("--file", required=True,
+                        help="one BatchItem per line, in protobuf JSON ('-': stdin)")
+    submit.add_argument("--webhook", default="", help="URL to POST the job's end event to")
     submit.add_argument("--completion-window-s", type=int, default=0)
     submit.set_defaults(handler=run_submit)
 
@@ -45,12 +49,18 @@ def add_job_commands(commands: Any) -> None:
     secret.set_defaults(handler=run_webhook_secret)
 
     for name, handler, help_text in (("get", run_get, "a job's state and counts"),
-                                     ("watch", run_watch, "a job's changes until it ends"),
+                                     ("watch", run_watch, "a job's progress until it ends"),
                                      ("cancel", run_cancel, "cancel a job"),
                                      ("results", run_results, "the ended items, as JSON lines")):
         action = _action(actions, name, help_text)
         action.add_argument("job_id")
         action.set_defaults(handler=handler)
+        if name == "watch":
+            action.add_argument("--json", action="store_true",
+                                help="every change as a JSON line, no progress bar")
+        if name == "results":
+            action.add_argument("-o", "--output", help="write the JSON lines here (default: "
+                                                       "standard output)")
 
 
 def _action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -93,7 +103,7 @@ def _read_items(source: str) -> list[jobs.BatchItem]:
 
 def _messages(args: argparse.Namespace, items: list[jobs.BatchItem]
               ) -> Iterator[jobs.SubmitBatchStreamRequest]:
-    settings = jobs.JobSettings(webhook_url=args.webhook_url,
+    settings = jobs.JobSettings(webhook_url=args.webhook,
                                 completion_window_s=args.completion_window_s)
     yield jobs.SubmitBatchStreamRequest(settings=settings, items=items[:_ITEMS_PER_MESSAGE])
     for start in range(_ITEMS_PER_MESSAGE, len(items), _ITEMS_PER_MESSAGE):
@@ -101,7 +111,7 @@ def _messages(args: argparse.Namespace, items: list[jobs.BatchItem]
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    items = _read_items(args.items)
+    items = _read_items(args.file)
     try:
         response = _stub(args).SubmitBatchStream(_messages(args, items), metadata=_metadata(args),
                                                  timeout=args.timeout)
@@ -136,13 +146,41 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    changes = _stub(args).WatchJob(jobs.WatchJobRequest(job_id=args.job_id),
+                                   metadata=_metadata(args), timeout=args.timeout)
     try:
-        for change in _stub(args).WatchJob(jobs.WatchJobRequest(job_id=args.job_id),
-                                           metadata=_metadata(args), timeout=args.timeout):
-            _print(change.job)
+        if args.json:
+            for change in changes:
+                _print(change.job)
+        else:
+            _progress(changes)
     except grpc.RpcError as err:
         return _failed(err)
     return 0
+
+
+def _progress(changes: Iterator[Any]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                  TextColumn("{task.fields[counts]}"), console=_stderr_console()) as bar:
+        task = None
+        for change in changes:
+            job, c = change.job, change.job.counts
+            ended = c.succeeded + c.failed + c.cancelled + c.expired
+            counts = f"{c.succeeded} ok, {c.failed} failed, {c.running} running"
+            state = jobs.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+            if task is None:
+                task = bar.add_task(state, total=job.total_items, counts=counts)
+            bar.update(task, completed=ended, description=state, counts=counts)
+    if task is not None:
+        _print(job)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -155,13 +193,18 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_results(args: argparse.Namespace) -> int:
+    out = Path(args.output).open("w", encoding="utf-8") if args.output else sys.stdout
     try:
         for page in _stub(args).GetJobResults(jobs.GetJobResultsRequest(job_id=args.job_id),
                                               metadata=_metadata(args), timeout=args.timeout):
             for result in page.results:
-                _print(result)
+                out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True))
+                          + "\n")
     except grpc.RpcError as err:
         return _failed(err)
+    finally:
+        if out is not sys.stdout:
+            out.close()
     return 0
 
 

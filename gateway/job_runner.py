@@ -28,10 +28,11 @@ from codellama.fleet.v1 import job_service_pb2 as jobs_api
 from fleet_common.errors import FleetError, ResourceExhausted, Unavailable
 from fleet_server import tracing
 from fleet_server.status import status_code_of
+from gateway import webhook_targets
 from gateway.job_metrics import count_item_end, count_webhook_delivery
 from gateway.prompts import PromptInput
 from gateway.servicer import InferenceServicer
-from gateway.webhooks import DeliveryPolicy, deliver, next_attempt
+from gateway.webhooks import DeliveryOutcome, DeliveryPolicy, deliver, next_attempt
 from model_registry.jobs import ItemRecord, ItemState, JobState, JobStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class JobRunnerSettings:
     max_attempts: int
     max_deadline_s: float
     retention_s: int
+    webhook_allowed_hosts: tuple[str, ...] = ()
 
 
 _KINDS: dict[str, tuple[Any, Callable[[Any], PromptInput]]] = {
@@ -233,9 +235,14 @@ class JobRunner:
             await asyncio.sleep(self._settings.poll_s)
 
     async def _send(self, event: Any) -> None:
-        secret = await asyncio.to_thread(self._store.webhook_secret, event.tenant)
-        outcome = await deliver(self._http, event.url, secret, event.webhook_id, event.payload,
-                                timeout_s=self._webhook_policy.timeout_s)
+        refused = await webhook_targets.refusal(event.url, self._settings.webhook_allowed_hosts)
+        if refused:  # the name resolves elsewhere than at submission: not sent, tried again
+            outcome = DeliveryOutcome(delivered=False, status=None, error=f"not sent: {refused}",
+                                      retry_after_s=None, disable_endpoint=False)
+        else:
+            secret = await asyncio.to_thread(self._store.webhook_secret, event.tenant)
+            outcome = await deliver(self._http, event.url, secret, event.webhook_id,
+                                    event.payload, timeout_s=self._webhook_policy.timeout_s)
         now = datetime.now(UTC)
         retry_at = None if outcome.delivered or outcome.disable_endpoint else next_attempt(
             self._webhook_policy, attempts=event.attempts + 1, first_attempt_at=event.created_at,

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 
@@ -31,7 +30,9 @@ from fleet_common.errors import (
     ResourceExhausted,
 )
 from fleet_server import tracing
+from gateway import webhook_targets
 from gateway.auth import Authenticator
+from gateway.servicer import trace_context_of
 from gateway.settings import Limits
 from gateway.tenant_policies import TenantPolicies, check_priority
 from gateway.validation import validate_model_name, validate_priority, validate_sampling
@@ -45,6 +46,8 @@ from model_registry.jobs import (
     JobState,
     JobStore,
     NewItem,
+    WebhookDelivery,
+    WebhookState,
 )
 
 MAX_ITEMS = 10_000
@@ -59,6 +62,7 @@ _QUEUED_ITEMS_RETRY_S = 60.0
 _JOB_STATES = {s: getattr(jobs_api, f"JOB_STATE_{s.name}") for s in JobState}
 _STATE_OF_JOB_MESSAGE = {v: k for k, v in _JOB_STATES.items()}
 _ITEM_STATES = {s: getattr(jobs_api, f"ITEM_STATE_{s.name}") for s in ItemState}
+_WEBHOOK_STATES = {s: getattr(jobs_api, f"WEBHOOK_STATE_{s.name}") for s in WebhookState}
 _RESPONSES = {"complete": api.CompleteResponse, "infill": api.InfillResponse,
               "chat": api.ChatResponse}
 _TERMINAL = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
@@ -67,7 +71,7 @@ _TERMINAL = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.E
 @dataclass(frozen=True)
 class JobServiceSettings:
     limits: Limits
-    webhook_allow_http_hosts: tuple[str, ...] = ()
+    webhook_allowed_hosts: tuple[str, ...] = ()
     watch_poll_s: float = 0.5
 
 
@@ -82,13 +86,13 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     async def SubmitJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant = self._auth.tenant_of(context, JOBS)
         item = NewItem("", *self._checked(tenant, request.request, "request"))
-        job = await self._create(tenant, [item], request.settings)
+        job = await self._create(tenant, [item], request.settings, context, "SubmitJob")
         return jobs_api.SubmitJobResponse(job=job_message(job))
 
     async def SubmitBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant = self._auth.tenant_of(context, JOBS)
         items = self._batch(tenant, request.items, first_index=0)
-        job = await self._create(tenant, items, request.settings)
+        job = await self._create(tenant, items, request.settings, context, "SubmitBatch")
         return jobs_api.SubmitBatchResponse(job=job_message(job))
 
     async def SubmitBatchStream(self, request_iterator: AsyncIterator[Any],
@@ -102,12 +106,13 @@ class JobServicer(jobs_grpc.JobServiceServicer):
                 raise InvalidArgument("settings", "is read from the first message only; send "
                                       "it there")
             items.extend(self._batch(tenant, message.items, first_index=len(items)))
-        job = await self._create(tenant, items, settings or jobs_api.JobSettings())
+        job = await self._create(tenant, items, settings or jobs_api.JobSettings(), context,
+                                 "SubmitBatchStream")
         return jobs_api.SubmitBatchStreamResponse(job=job_message(job))
 
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant = self._auth.tenant_of(context, JOBS)
-        return jobs_api.GetJobResponse(job=job_message(await self._job(tenant, request.job_id)))
+        return jobs_api.GetJobResponse(job=await self._job_message(tenant, request.job_id))
 
     async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant = self._auth.tenant_of(context, JOBS)
@@ -121,7 +126,9 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         except InvalidPageToken as exc:
             raise InvalidArgument("page_token", f"is not a token ListJobs returned ({exc})") \
                 from exc
-        return jobs_api.ListJobsResponse(jobs=[job_message(j) for j in jobs],
+        deliveries = await asyncio.to_thread(self._store.webhook_deliveries,
+                                             [j.id for j in jobs if j.webhook_url])
+        return jobs_api.ListJobsResponse(jobs=[job_message(j, deliveries.get(j.id)) for j in jobs],
                                          next_page_token=token)
 
     async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext
@@ -129,7 +136,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         tenant = self._auth.tenant_of(context, JOBS)
         last = None
         while True:
-            message = job_message(await self._job(tenant, request.job_id))
+            message = await self._job_message(tenant, request.job_id)
             if message != last:
                 yield jobs_api.WatchJobResponse(job=message)
                 last = message
@@ -193,21 +200,29 @@ class JobServicer(jobs_grpc.JobServiceServicer):
             raise _at(f"{path}.{kind}", exc) from exc
         return kind, request.SerializeToString()
 
-    async def _create(self, tenant: str, items: list[NewItem], settings: Any) -> JobRecord:
+    async def _create(self, tenant: str, items: list[NewItem], settings: Any,
+                      context: grpc.aio.ServicerContext, rpc: str) -> JobRecord:
+        """Stores the job; its items' traces will link to this call's server span."""
         if not items:
             raise InvalidArgument("items", "at least one item is required")
         window = _window(settings.completion_window_s)
-        webhook_url = self._webhook_url(settings.webhook_url)
+        webhook_url = await self._webhook_url(settings.webhook_url)
         await self._check_queued_items(tenant, len(items))
-        carrier: dict[str, str] = {}
-        tracing.inject(carrier)
-        try:
-            return await asyncio.to_thread(
-                self._store.create_job, tenant, items, priority=pb.PRIORITY_LOW,
-                completion_window=window, webhook_url=webhook_url,
-                trace_parent=carrier.get("traceparent", ""))
-        except DuplicateCustomId as exc:
-            raise InvalidArgument("items.custom_id", str(exc)) from exc
+        with tracing.span(f"codellama.fleet.v1.JobService/{rpc}", kind=tracing.SpanKind.SERVER,
+                          parent_carrier=trace_context_of(context), attributes={
+                              "fleet.tenant": tenant, "fleet.job_items": len(items)}) as span:
+            carrier: dict[str, str] = {}
+            tracing.inject(carrier)
+            try:
+                job = await asyncio.to_thread(
+                    self._store.create_job, tenant, items, priority=pb.PRIORITY_LOW,
+                    completion_window=window, webhook_url=webhook_url,
+                    trace_parent=carrier.get("traceparent", ""))
+            except DuplicateCustomId as exc:
+                raise InvalidArgument("items.custom_id", str(exc)) from exc
+            if span is not None:
+                span.set_attribute("fleet.job_id", job.id)
+            return job
 
     async def _check_queued_items(self, tenant: str, adding: int) -> None:
         limit = self._policies.of(tenant).max_queued_job_items
@@ -223,20 +238,22 @@ class JobServicer(jobs_grpc.JobServiceServicer):
                 violations=(QuotaViolation(f"tenant:{tenant}", f"max_queued_job_items {limit}: "
                                            f"{queued} unfinished, {adding} more asked"),))
 
-    def _webhook_url(self, url: str) -> str:
+    async def _webhook_url(self, url: str) -> str:
         if not url:
             return ""
         if len(url) > MAX_WEBHOOK_URL:
             raise OutOfBounds("settings.webhook_url", f"{len(url)} characters",
                               f"at most {MAX_WEBHOOK_URL} characters")
-        parts = urlsplit(url)
-        allowed_http = parts.hostname in self._settings.webhook_allow_http_hosts
-        if not parts.hostname or not (parts.scheme == "https" or
-                                      (parts.scheme == "http" and allowed_http)):
-            raise InvalidArgument("settings.webhook_url", f"must be an https URL (http only to "
-                                  f"{', '.join(self._settings.webhook_allow_http_hosts) or 'no host'}), "
-                                  f"got {url[:200]!r}")
+        refused = await webhook_targets.refusal(url, self._settings.webhook_allowed_hosts)
+        if refused:
+            raise InvalidArgument("settings.webhook_url", f"{refused}; got {url[:200]!r}")
         return url
+
+    async def _job_message(self, tenant: str, job_id: str) -> Any:
+        job = await self._job(tenant, job_id)
+        deliveries = await asyncio.to_thread(self._store.webhook_deliveries, [job.id]) \
+            if job.webhook_url and job.finished_at is not None else {}
+        return job_message(job, deliveries.get(job.id))
 
     async def _job(self, tenant: str, job_id: str) -> JobRecord:
         job = await asyncio.to_thread(self._store.get_job, tenant, job_id)
@@ -278,12 +295,21 @@ def _time(moment: datetime | None) -> str:
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else ""
 
 
-def job_message(job: JobRecord) -> Any:
+def job_message(job: JobRecord, webhook: WebhookDelivery | None = None) -> Any:
     counts = {state.value: job.counts.get(state, 0) for state in ItemState}
-    return jobs_api.Job(job_id=job.id, state=_JOB_STATES[job.state], total_items=job.total_items,
-                        counts=jobs_api.ItemCounts(**counts), created_at=_time(job.created_at),
-                        started_at=_time(job.started_at), finished_at=_time(job.finished_at),
-                        expires_at=_time(job.expires_at), webhook_url=job.webhook_url)
+    message = jobs_api.Job(
+        job_id=job.id, state=_JOB_STATES[job.state], total_items=job.total_items,
+        counts=jobs_api.ItemCounts(**counts), created_at=_time(job.created_at),
+        started_at=_time(job.started_at), finished_at=_time(job.finished_at),
+        expires_at=_time(job.expires_at), webhook_url=job.webhook_url)
+    if webhook is not None:
+        message.webhook.CopyFrom(jobs_api.WebhookDelivery(
+            webhook_id=webhook.webhook_id, event_type=webhook.event_type,
+            state=_WEBHOOK_STATES[webhook.state], attempts=webhook.attempts,
+            last_status=webhook.last_status or 0, last_error=webhook.last_error,
+            next_attempt_at=_time(webhook.next_attempt_at)
+            if webhook.state is WebhookState.PENDING else ""))
+    return message
 
 
 def result_message(item: ItemRecord) -> Any:

@@ -91,13 +91,14 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     if jobs is not None:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
             jobs, auth, policies, JobServiceSettings(
-                settings.limits, tuple(settings.webhook_allow_http_hosts))), server.server)
+                settings.limits, tuple(settings.webhook_allowed_hosts))), server.server)
         runner = JobRunner(jobs, servicer, JobRunnerSettings(
             owner=f"gateway-{socket.gethostname()}-{os.getpid()}",
             window_per_job=settings.job_window, max_in_flight=settings.job_max_in_flight,
             lease_s=settings.job_lease_s, poll_s=settings.job_poll_s,
             max_attempts=settings.job_item_max_attempts, max_deadline_s=settings.max_deadline_s,
-            retention_s=settings.job_result_retention_s))
+            retention_s=settings.job_result_retention_s,
+            webhook_allowed_hosts=tuple(settings.webhook_allowed_hosts)))
     port = await server.start(settings.host, settings.port, port_file=settings.port_file)
     log.info("gateway listening on %s:%d with %d models", settings.host, port, len(models.all()))
     reporter = HealthReporter(server.health, INFERENCE_SERVICE, models,

@@ -180,6 +180,19 @@ class WebhookEvent:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """Where a job's end event stands."""
+
+    webhook_id: str
+    event_type: str
+    state: WebhookState
+    attempts: int
+    last_status: int | None
+    last_error: str
+    next_attempt_at: datetime
+
+
 class JobStore:
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
         dialects = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -270,6 +283,18 @@ class JobStore:
                  .order_by(JobItemRow.item_index).limit(limit))
         with self._engine.connect() as db:
             return [_item_record(row) for row in db.execute(query)]
+
+    def webhook_deliveries(self, job_ids: Collection[str]) -> dict[str, WebhookDelivery]:
+        """The end event of each of these jobs that has one."""
+        found: dict[str, WebhookDelivery] = {}
+        with self._engine.connect() as db:
+            for chunk in _chunks(sorted(job_ids)):
+                for row in db.execute(select(*JobWebhookEventRow.__table__.columns).where(
+                        JobWebhookEventRow.job_id.in_(chunk))):
+                    found[row.job_id] = WebhookDelivery(
+                        row.webhook_id, row.event_type, WebhookState(row.state), row.attempts,
+                        row.last_status, row.last_error, row.next_attempt_at)
+        return found
 
     def unfinished_items(self, tenant: str) -> int:
         """The tenant's items queued or running, over all its jobs (max_queued_job_items)."""

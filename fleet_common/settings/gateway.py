@@ -125,9 +125,10 @@ class GatewaySettings(FleetSettings):
         "before the item fails with that status.")
     job_result_retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long an "
                                         "ended job and its results are kept.")
-    webhook_allow_http_hosts: list[str] = Field(
-        default_factory=list, description="Hosts a job's webhook_url may name with http:// (as "
-        "JSON; a sidecar, tests); every other webhook URL must be https.")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts (as JSON) a job's webhook_url may name although "
+        "they resolve to loopback, private or link-local addresses, and with http:// (a "
+        "sidecar, tests); every other webhook URL must be https to a public address.")
     limits: Limits = Field(default_factory=Limits)
     log_level: str = "INFO"
     log_format: LogFormat = Field(default="text", description="text, or json: one JSON object "

@@ -149,9 +149,6 @@ def test_sigterm_drains_a_worker_while_the_other_takes_new_requests(fleet: Fleet
         ensure_workers(fleet)
 
 
-@pytest.mark.xfail(strict=False, reason="QUARANTINED 2026-12-02: in the fresh-clone CI the "
-                   "evicted stream found no live worker of its queue to re-run it (cause not yet "
-                   "found; passes run alone)")
 def test_a_stream_outliving_the_drain_grace_continues_on_another_worker(fleet: Fleet) -> None:
     ensure_workers(fleet)
     proc = fleet.spawn_worker(SHORT_GRACE_WORKER, MODEL, {"FLEET_DRAIN_GRACE_S": "2"})

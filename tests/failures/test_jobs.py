@@ -55,7 +55,7 @@ def _start(fleet: Fleet) -> JobGateway:
         "FLEET_JOBS_DATABASE_URL": fleet.registry_url, "FLEET_API_KEYS": json.dumps(KEYS),
         "FLEET_WORKER_LIVENESS_S": "3", "FLEET_REGISTRY_REFRESH_S": "0.5",
         "FLEET_JOB_WINDOW": str(WINDOW), "FLEET_JOB_LEASE_S": "3", "FLEET_JOB_POLL_S": "0.2",
-        "FLEET_WEBHOOK_ALLOW_HTTP_HOSTS": json.dumps(["127.0.0.1"])}, fleet.log_dir)
+        "FLEET_WEBHOOK_ALLOWED_HOSTS": json.dumps(["127.0.0.1"])}, fleet.log_dir)
     return JobGateway(process, f"127.0.0.1:{port}")
 
 
@@ -234,6 +234,8 @@ def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway:
         attempts.append(request.headers.get("webhook-id"))
         if len(attempts) == 1:
             return Response("busy", status=503, headers={"Retry-After": "1"})
+        if len(attempts) == 2:
+            return Response("broken", status=500)
         received.append((request.get_data(), dict(request.headers)))
         got.set()
         return Response("", status=204)
@@ -243,11 +245,26 @@ def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway:
         request=_item("h", "h = ", 3).request,
         settings=jobs.JobSettings(webhook_url=httpserver.url_for("/hook"))), metadata=A,
         timeout=30).job
-    assert got.wait(90), f"no webhook delivered; attempts {attempts}"
+    assert got.wait(120), f"no webhook delivered; attempts {attempts}"
     body, headers = received[0]
     secret = gateway.jobs().GetWebhookSecret(jobs.GetWebhookSecretRequest(), metadata=A,
                                              timeout=10).secret
     event = Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
     assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job.job_id
     assert len(set(attempts)) == 1, "a retry must keep the webhook-id"
-    assert len(attempts) == 2, attempts
+    assert len(attempts) == 3, attempts
+    deadline = time.monotonic() + 10
+    while (delivery := gateway.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
+                                             timeout=10).job.webhook).state \
+            != jobs.WEBHOOK_STATE_DELIVERED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (delivery.state, delivery.attempts, delivery.last_status, delivery.webhook_id,
+            delivery.event_type) == (jobs.WEBHOOK_STATE_DELIVERED, 3, 204, attempts[0],
+                                     "job.succeeded")
+    with pytest.raises(grpc.RpcError) as internal:
+        gateway.jobs().SubmitJob(jobs.SubmitJobRequest(
+            request=_item("i", "i = ", 3).request,
+            settings=jobs.JobSettings(webhook_url="https://10.0.0.1/hook")), metadata=A,
+            timeout=10)
+    assert internal.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "internal address 10.0.0.1" in internal.value.details()

@@ -23,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
+from codellama.fleet.v1 import job_service_pb2 as jobs
 from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
+from codellama.fleet.v1.job_service_pb2_grpc import JobServiceStub
 from fleet_cli.processes import ManagedProcess, free_port, start_gateway, wait_until
 from tests.e2e.fleet_harness import Fleet
 from tests.failures.conftest import KEYS
@@ -93,7 +95,8 @@ def observed(fleet: Fleet, tiny_checkpoints: dict[str, Path]) -> Iterator[Observ
             **common, "FLEET_METRICS_PORT": str(gateway_port),
             "FLEET_METRICS_HOST": "127.0.0.1", "FLEET_AUTOSCALE_INTERVAL_S": "0.2",
             # 6 long requests on a worker of capacity 2 must all be admitted
-            "FLEET_ADMISSION_QUEUE_FACTOR": "4", "FLEET_WAIT_FOR_WORKERS": "true"},
+            "FLEET_ADMISSION_QUEUE_FACTOR": "4", "FLEET_WAIT_FOR_WORKERS": "true",
+            "FLEET_JOBS_DATABASE_URL": fleet.registry_url, "FLEET_JOB_POLL_S": "0.2"},
             fleet.log_dir)
         gateways.append(gateway)
         untraced, untraced_port = start_gateway({
@@ -228,6 +231,38 @@ def test_one_trace_runs_from_the_call_through_the_queue_to_the_engine(
     worker_attrs = _attributes(worker)
     assert worker_attrs["fleet.worker"] == "wf-metrics" and "fleet.queue_wait_ms" in worker_attrs
     assert _attributes(engine)["gen_ai.usage.output_tokens"] == 8
+
+
+def test_a_job_items_trace_links_to_the_call_that_submitted_the_job(
+        observed: Observed) -> None:
+    _wait_routable(observed)
+    trace_id, caller_span = secrets.token_bytes(16), secrets.token_bytes(8)
+    traceparent = f"00-{trace_id.hex()}-{caller_span.hex()}-01"
+    job = JobServiceStub(grpc.insecure_channel(observed.gateway)).SubmitJob(
+        jobs.SubmitJobRequest(request=jobs.JobRequest(complete=api.CompleteRequest(
+            model=MODEL, prompt="def add(a, b):",
+            sampling=pb.SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0)))),
+        metadata=(*A, ("traceparent", traceparent)), timeout=30).job
+
+    def item_spans() -> list[object]:
+        with observed.receiver._lock:
+            return [span for _, span in observed.receiver.spans
+                    if span.name == "job item"  # type: ignore[attr-defined]
+                    and _attributes(span).get("fleet.job_id") == job.job_id]
+
+    wait_until(lambda: bool(item_spans()), 60, "the job item's span at the receiver")
+    [submit] = [span for _, span in observed.receiver.of_trace(trace_id)
+                if span.name == "codellama.fleet.v1.JobService/SubmitJob"]  # type: ignore
+    assert submit.parent_span_id == caller_span  # type: ignore[attr-defined]
+    [item] = item_spans()
+    assert [(link.trace_id, link.span_id) for link in item.links] == [  # type: ignore
+        (trace_id, submit.span_id)]  # type: ignore[attr-defined]
+    assert item.trace_id != trace_id  # type: ignore[attr-defined]  # its own trace
+
+    def worker_arrived() -> bool:
+        return "worker generate" in {s.name for _, s in observed.receiver.of_trace(
+            item.trace_id)}  # type: ignore[attr-defined]
+    wait_until(worker_arrived, 20, "the item's worker span in the item's trace")
 
 
 def test_a_gateway_with_tracing_off_exports_nothing(observed: Observed) -> None:

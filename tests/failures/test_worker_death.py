@@ -63,9 +63,6 @@ def reference(fleet: Fleet) -> api.CompleteResponse:
                                  metadata=TENANT_A, timeout=120)
 
 
-@pytest.mark.xfail(strict=False, reason="QUARANTINED 2026-12-02, a regression to fix first: in "
-                   "this stop's fresh-clone CI the stream arrived in one burst at its end (TTFT = "
-                   "total), so the kill came after the worker finished; passes run alone")
 def test_a_stream_whose_worker_dies_continues_on_the_other_worker(
         fleet: Fleet, reference: api.CompleteResponse) -> None:
     rid = uuid.uuid4().hex

@@ -302,7 +302,13 @@ async def test_jobs_are_the_tenants_own_and_refusals_name_the_field(service: Job
             request=_item("w").request,
             settings=jobs.JobSettings(webhook_url="http://10.0.0.1/hook")), metadata=A)
     assert webhook.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert webhook.value.details().startswith("settings.webhook_url: must be an https URL")
+    assert webhook.value.details().startswith("settings.webhook_url: must be https")
+    with pytest.raises(grpc.aio.AioRpcError) as internal:
+        await service.stub.SubmitJob(jobs.SubmitJobRequest(
+            request=_item("w").request,
+            settings=jobs.JobSettings(webhook_url="https://169.254.169.254/hook")), metadata=A)
+    assert internal.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "resolves to internal address 169.254.169.254" in internal.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as too_many:
         await service.stub.SubmitBatch(jobs.SubmitBatchRequest(
             items=[_item(f"m{i}") for i in range(10_001)]), metadata=A)
@@ -349,17 +355,22 @@ async def test_the_fleet_job_commands_submit_watch_and_read_results(
         json.dumps(MessageToDict(_item(f"l{i}"), preserving_proto_field_name=True)) + "\n"
         for i in range(3)))
     common = ["--target", target, "--api-key", "key-a"]
-    assert await asyncio.to_thread(main, ["job", "submit", str(batch), *common]) == 0
+    assert await asyncio.to_thread(main, ["jobs", "submit", "--file", str(batch),
+                                          *common]) == 0
     job_id = json.loads(capsys.readouterr().out)["job_id"]
-    assert await asyncio.to_thread(main, ["job", "watch", job_id, *common]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["state"] == "JOB_STATE_SUCCEEDED"
-    assert await asyncio.to_thread(main, ["job", "results", job_id, *common]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert await asyncio.to_thread(main, ["jobs", "watch", job_id, *common]) == 0
+    watched = capsys.readouterr()
+    assert json.loads(watched.out)["state"] == "JOB_STATE_SUCCEEDED"
+    assert "3/3" in watched.err and "3 ok, 0 failed" in watched.err  # the progress bar
+    results = tmp_path / "results.jsonl"
+    assert await asyncio.to_thread(main, ["jobs", "results", job_id, "-o", str(results),
+                                          *common]) == 0
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r.get("index", 0), r["custom_id"]) for r in lines] == [(0, "l0"), (1, "l1"),
                                                                    (2, "l2")]
-    assert await asyncio.to_thread(main, ["job", "get", "job_nope", *common]) == 1
+    assert await asyncio.to_thread(main, ["jobs", "get", "job_nope", *common]) == 1
     assert capsys.readouterr().err.startswith("NOT_FOUND: job 'job_nope' not found")
-    assert await asyncio.to_thread(main, ["job", "webhook-secret", *common]) == 0
+    assert await asyncio.to_thread(main, ["jobs", "webhook-secret", *common]) == 0
     assert capsys.readouterr().out.strip() == service.store.webhook_secret("acme")
     other = (await service.stub.GetWebhookSecret(jobs.GetWebhookSecretRequest(),
                                                  metadata=B)).secret

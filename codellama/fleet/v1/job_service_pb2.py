@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from codellama.fleet.v1 import inference_service_pb2 as codellama_dot_fleet_dot_v1_dot_inference__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$codellama/fleet/v1/job_service.proto\x12\x12\x63odellama.fleet.v1\x1a*codellama/fleet/v1/inference_service.proto\"\xb6\x01\n\nJobRequest\x12\x37\n\x08\x63omplete\x18\x01 \x01(\x0b\x32#.codellama.fleet.v1.CompleteRequestH\x00\x12\x33\n\x06infill\x18\x02 \x01(\x0b\x32!.codellama.fleet.v1.InfillRequestH\x00\x12/\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1f.codellama.fleet.v1.ChatRequestH\x00\x42\t\n\x07request\"O\n\tBatchItem\x12\x11\n\tcustom_id\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.codellama.fleet.v1.JobRequest\"?\n\x0bJobSettings\x12\x1b\n\x13\x63ompletion_window_s\x18\x01 \x01(\r\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\"v\n\x10SubmitJobRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.codellama.fleet.v1.JobRequest\x12\x31\n\x08settings\x18\x02 \x01(\x0b\x32\x1f.codellama.fleet.v1.JobSettings\"9\n\x11SubmitJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"u\n\x12SubmitBatchRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.codellama.fleet.v1.JobSettings\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x1d.codellama.fleet.v1.BatchItem\";\n\x13SubmitBatchResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"{\n\x18SubmitBatchStreamRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.codellama.fleet.v1.JobSettings\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x1d.codellama.fleet.v1.BatchItem\"A\n\x19SubmitBatchStreamResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"t\n\nItemCounts\x12\x0e\n\x06queued\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x11\n\tsucceeded\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\x12\x11\n\tcancelled\x18\x05 \x01(\r\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\r\"\xed\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.codellama.fleet.v1.JobState\x12\x13\n\x0btotal_items\x18\x03 \x01(\r\x12.\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x1e.codellama.fleet.v1.ItemCounts\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\t\x12\x12\n\nexpires_at\x18\x08 \x01(\t\x12\x13\n\x0bwebhook_url\x18\t \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0eGetJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"f\n\x0fListJobsRequest\x12,\n\x06states\x18\x01 \x03(\x0e\x32\x1c.codellama.fleet.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.codellama.fleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11\x43\x61ncelJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"P\n\x14GetJobResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x0b\x61\x66ter_index\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_after_index\"\xb5\x02\n\nItemResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tcustom_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.codellama.fleet.v1.ItemState\x12\x38\n\x08\x63omplete\x18\x04 \x01(\x0b\x32$.codellama.fleet.v1.CompleteResponseH\x00\x12\x34\n\x06infill\x18\x05 \x01(\x0b\x32\".codellama.fleet.v1.InfillResponseH\x00\x12\x30\n\x04\x63hat\x18\x06 \x01(\x0b\x32 .codellama.fleet.v1.ChatResponseH\x00\x12\x12\n\nerror_code\x18\x07 \x01(\x05\x12\x15\n\rerror_message\x18\x08 \x01(\tB\n\n\x08response\"H\n\x15GetJobResultsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.codellama.fleet.v1.ItemResult\"\x19\n\x17GetWebhookSecretRequest\"*\n\x18GetWebhookSecretResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t*\xcb\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x15\n\x11JOB_STATE_EXPIRED\x10\x07*\xb9\x01\n\tItemState\x12\x1a\n\x16ITEM_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11ITEM_STATE_QUEUED\x10\x01\x12\x16\n\x12ITEM_STATE_RUNNING\x10\x02\x12\x18\n\x14ITEM_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11ITEM_STATE_FAILED\x10\x04\x12\x18\n\x14ITEM_STATE_CANCELLED\x10\x05\x12\x16\n\x12ITEM_STATE_EXPIRED\x10\x06\x32\xec\x06\n\nJobService\x12X\n\tSubmitJob\x12$.codellama.fleet.v1.SubmitJobRequest\x1a%.codellama.fleet.v1.SubmitJobResponse\x12^\n\x0bSubmitBatch\x12&.codellama.fleet.v1.SubmitBatchRequest\x1a\'.codellama.fleet.v1.SubmitBatchResponse\x12r\n\x11SubmitBatchStream\x12,.codellama.fleet.v1.SubmitBatchStreamRequest\x1a-.codellama.fleet.v1.SubmitBatchStreamResponse(\x01\x12O\n\x06GetJob\x12!.codellama.fleet.v1.GetJobRequest\x1a\".codellama.fleet.v1.GetJobResponse\x12U\n\x08ListJobs\x12#.codellama.fleet.v1.ListJobsRequest\x1a$.codellama.fleet.v1.ListJobsResponse\x12W\n\x08WatchJob\x12#.codellama.fleet.v1.WatchJobRequest\x1a$.codellama.fleet.v1.WatchJobResponse0\x01\x12X\n\tCancelJob\x12$.codellama.fleet.v1.CancelJobRequest\x1a%.codellama.fleet.v1.CancelJobResponse\x12\x66\n\rGetJobResults\x12(.codellama.fleet.v1.GetJobResultsRequest\x1a).codellama.fleet.v1.GetJobResultsResponse0\x01\x12m\n\x10GetWebhookSecret\x12+.codellama.fleet.v1.GetWebhookSecretRequest\x1a,.codellama.fleet.v1.GetWebhookSecretResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$codellama/fleet/v1/job_service.proto\x12\x12\x63odellama.fleet.v1\x1a*codellama/fleet/v1/inference_service.proto\"\xb6\x01\n\nJobRequest\x12\x37\n\x08\x63omplete\x18\x01 \x01(\x0b\x32#.codellama.fleet.v1.CompleteRequestH\x00\x12\x33\n\x06infill\x18\x02 \x01(\x0b\x32!.codellama.fleet.v1.InfillRequestH\x00\x12/\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1f.codellama.fleet.v1.ChatRequestH\x00\x42\t\n\x07request\"O\n\tBatchItem\x12\x11\n\tcustom_id\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.codellama.fleet.v1.JobRequest\"?\n\x0bJobSettings\x12\x1b\n\x13\x63ompletion_window_s\x18\x01 \x01(\r\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\"v\n\x10SubmitJobRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.codellama.fleet.v1.JobRequest\x12\x31\n\x08settings\x18\x02 \x01(\x0b\x32\x1f.codellama.fleet.v1.JobSettings\"9\n\x11SubmitJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"u\n\x12SubmitBatchRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.codellama.fleet.v1.JobSettings\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x1d.codellama.fleet.v1.BatchItem\";\n\x13SubmitBatchResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"{\n\x18SubmitBatchStreamRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.codellama.fleet.v1.JobSettings\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x1d.codellama.fleet.v1.BatchItem\"A\n\x19SubmitBatchStreamResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"t\n\nItemCounts\x12\x0e\n\x06queued\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x11\n\tsucceeded\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\x12\x11\n\tcancelled\x18\x05 \x01(\r\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\r\"\xa3\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.codellama.fleet.v1.JobState\x12\x13\n\x0btotal_items\x18\x03 \x01(\r\x12.\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x1e.codellama.fleet.v1.ItemCounts\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\t\x12\x12\n\nexpires_at\x18\x08 \x01(\t\x12\x13\n\x0bwebhook_url\x18\t \x01(\t\x12\x34\n\x07webhook\x18\n \x01(\x0b\x32#.codellama.fleet.v1.WebhookDelivery\"\xbe\x01\n\x0fWebhookDelivery\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .codellama.fleet.v1.WebhookState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x13\n\x0blast_status\x18\x05 \x01(\x05\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x17\n\x0fnext_attempt_at\x18\x07 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0eGetJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"f\n\x0fListJobsRequest\x12,\n\x06states\x18\x01 \x03(\x0e\x32\x1c.codellama.fleet.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.codellama.fleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11\x43\x61ncelJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.codellama.fleet.v1.Job\"P\n\x14GetJobResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x0b\x61\x66ter_index\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_after_index\"\xb5\x02\n\nItemResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tcustom_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.codellama.fleet.v1.ItemState\x12\x38\n\x08\x63omplete\x18\x04 \x01(\x0b\x32$.codellama.fleet.v1.CompleteResponseH\x00\x12\x34\n\x06infill\x18\x05 \x01(\x0b\x32\".codellama.fleet.v1.InfillResponseH\x00\x12\x30\n\x04\x63hat\x18\x06 \x01(\x0b\x32 .codellama.fleet.v1.ChatResponseH\x00\x12\x12\n\nerror_code\x18\x07 \x01(\x05\x12\x15\n\rerror_message\x18\x08 \x01(\tB\n\n\x08response\"H\n\x15GetJobResultsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.codellama.fleet.v1.ItemResult\"\x19\n\x17GetWebhookSecretRequest\"*\n\x18GetWebhookSecretResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t*\xcb\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x15\n\x11JOB_STATE_EXPIRED\x10\x07*\xb9\x01\n\tItemState\x12\x1a\n\x16ITEM_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11ITEM_STATE_QUEUED\x10\x01\x12\x16\n\x12ITEM_STATE_RUNNING\x10\x02\x12\x18\n\x14ITEM_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11ITEM_STATE_FAILED\x10\x04\x12\x18\n\x14ITEM_STATE_CANCELLED\x10\x05\x12\x16\n\x12ITEM_STATE_EXPIRED\x10\x06*\x80\x01\n\x0cWebhookState\x12\x1d\n\x19WEBHOOK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WEBHOOK_STATE_PENDING\x10\x01\x12\x1b\n\x17WEBHOOK_STATE_DELIVERED\x10\x02\x12\x19\n\x15WEBHOOK_STATE_GAVE_UP\x10\x03\x32\xec\x06\n\nJobService\x12X\n\tSubmitJob\x12$.codellama.fleet.v1.SubmitJobRequest\x1a%.codellama.fleet.v1.SubmitJobResponse\x12^\n\x0bSubmitBatch\x12&.codellama.fleet.v1.SubmitBatchRequest\x1a\'.codellama.fleet.v1.SubmitBatchResponse\x12r\n\x11SubmitBatchStream\x12,.codellama.fleet.v1.SubmitBatchStreamRequest\x1a-.codellama.fleet.v1.SubmitBatchStreamResponse(\x01\x12O\n\x06GetJob\x12!.codellama.fleet.v1.GetJobRequest\x1a\".codellama.fleet.v1.GetJobResponse\x12U\n\x08ListJobs\x12#.codellama.fleet.v1.ListJobsRequest\x1a$.codellama.fleet.v1.ListJobsResponse\x12W\n\x08WatchJob\x12#.codellama.fleet.v1.WatchJobRequest\x1a$.codellama.fleet.v1.WatchJobResponse0\x01\x12X\n\tCancelJob\x12$.codellama.fleet.v1.CancelJobRequest\x1a%.codellama.fleet.v1.CancelJobResponse\x12\x66\n\rGetJobResults\x12(.codellama.fleet.v1.GetJobResultsRequest\x1a).codellama.fleet.v1.GetJobResultsResponse0\x01\x12m\n\x10GetWebhookSecret\x12+.codellama.fleet.v1.GetWebhookSecretRequest\x1a,.codellama.fleet.v1.GetWebhookSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'codellama.fleet.v1.job_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2349
-  _globals['_JOBSTATE']._serialized_end=2552
-  _globals['_ITEMSTATE']._serialized_start=2555
-  _globals['_ITEMSTATE']._serialized_end=2740
+  _globals['_JOBSTATE']._serialized_start=2596
+  _globals['_JOBSTATE']._serialized_end=2799
+  _globals['_ITEMSTATE']._serialized_start=2802
+  _globals['_ITEMSTATE']._serialized_end=2987
+  _globals['_WEBHOOKSTATE']._serialized_start=2990
+  _globals['_WEBHOOKSTATE']._serialized_end=3118
   _globals['_JOBREQUEST']._serialized_start=105
   _globals['_JOBREQUEST']._serialized_end=287
   _globals['_BATCHITEM']._serialized_start=289
@@ -57,33 +59,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMCOUNTS']._serialized_start=986
   _globals['_ITEMCOUNTS']._serialized_end=1102
   _globals['_JOB']._serialized_start=1105
-  _globals['_JOB']._serialized_end=1342
-  _globals['_GETJOBREQUEST']._serialized_start=1344
-  _globals['_GETJOBREQUEST']._serialized_end=1375
-  _globals['_GETJOBRESPONSE']._serialized_start=1377
-  _globals['_GETJOBRESPONSE']._serialized_end=1431
-  _globals['_LISTJOBSREQUEST']._serialized_start=1433
-  _globals['_LISTJOBSREQUEST']._serialized_end=1535
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1537
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1619
-  _globals['_WATCHJOBREQUEST']._serialized_start=1621
-  _globals['_WATCHJOBREQUEST']._serialized_end=1654
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1656
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1712
-  _globals['_CANCELJOBREQUEST']._serialized_start=1714
-  _globals['_CANCELJOBREQUEST']._serialized_end=1748
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1750
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1807
-  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1809
-  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1889
-  _globals['_ITEMRESULT']._serialized_start=1892
-  _globals['_ITEMRESULT']._serialized_end=2201
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=2203
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=2275
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=2277
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=2302
-  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_start=2304
-  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_end=2346
-  _globals['_JOBSERVICE']._serialized_start=2743
-  _globals['_JOBSERVICE']._serialized_end=3619
+  _globals['_JOB']._serialized_end=1396
+  _globals['_WEBHOOKDELIVERY']._serialized_start=1399
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1589
+  _globals['_GETJOBREQUEST']._serialized_start=1591
+  _globals['_GETJOBREQUEST']._serialized_end=1622
+  _globals['_GETJOBRESPONSE']._serialized_start=1624
+  _globals['_GETJOBRESPONSE']._serialized_end=1678
+  _globals['_LISTJOBSREQUEST']._serialized_start=1680
+  _globals['_LISTJOBSREQUEST']._serialized_end=1782
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1784
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1866
+  _globals['_WATCHJOBREQUEST']._serialized_start=1868
+  _globals['_WATCHJOBREQUEST']._serialized_end=1901
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1903
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1959
+  _globals['_CANCELJOBREQUEST']._serialized_start=1961
+  _globals['_CANCELJOBREQUEST']._serialized_end=1995
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1997
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2054
+  _globals['_GETJOBRESULTSREQUEST']._serialized_start=2056
+  _globals['_GETJOBRESULTSREQUEST']._serialized_end=2136
+  _globals['_ITEMRESULT']._serialized_start=2139
+  _globals['_ITEMRESULT']._serialized_end=2448
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=2450
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=2522
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=2524
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=2549
+  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_start=2551
+  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_end=2593
+  _globals['_JOBSERVICE']._serialized_start=3121
+  _globals['_JOBSERVICE']._serialized_end=3997
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,13 @@ class ItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ITEM_STATE_FAILED: _ClassVar[ItemState]
     ITEM_STATE_CANCELLED: _ClassVar[ItemState]
     ITEM_STATE_EXPIRED: _ClassVar[ItemState]
+
+class WebhookState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEBHOOK_STATE_UNSPECIFIED: _ClassVar[WebhookState]
+    WEBHOOK_STATE_PENDING: _ClassVar[WebhookState]
+    WEBHOOK_STATE_DELIVERED: _ClassVar[WebhookState]
+    WEBHOOK_STATE_GAVE_UP: _ClassVar[WebhookState]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -43,6 +50,10 @@ ITEM_STATE_SUCCEEDED: ItemState
 ITEM_STATE_FAILED: ItemState
 ITEM_STATE_CANCELLED: ItemState
 ITEM_STATE_EXPIRED: ItemState
+WEBHOOK_STATE_UNSPECIFIED: WebhookState
+WEBHOOK_STATE_PENDING: WebhookState
+WEBHOOK_STATE_DELIVERED: WebhookState
+WEBHOOK_STATE_GAVE_UP: WebhookState
 
 class JobRequest(_message.Message):
     __slots__ = ("complete", "infill", "chat")
@@ -129,7 +140,7 @@ class ItemCounts(_message.Message):
     def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., expired: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "total_items", "counts", "created_at", "started_at", "finished_at", "expires_at", "webhook_url")
+    __slots__ = ("job_id", "state", "total_items", "counts", "created_at", "started_at", "finished_at", "expires_at", "webhook_url", "webhook")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +150,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     total_items: int
@@ -148,7 +160,26 @@ class Job(_message.Message):
     finished_at: str
     expires_at: str
     webhook_url: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total_items: _Optional[int] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
+    webhook: WebhookDelivery
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total_items: _Optional[int] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., webhook_url: _Optional[str] = ..., webhook: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("webhook_id", "event_type", "state", "attempts", "last_status", "last_error", "next_attempt_at")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    event_type: str
+    state: WebhookState
+    attempts: int
+    last_status: int
+    last_error: str
+    next_attempt_at: str
+    def __init__(self, webhook_id: _Optional[str] = ..., event_type: _Optional[str] = ..., state: _Optional[_Union[WebhookState, str]] = ..., attempts: _Optional[int] = ..., last_status: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_at: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -1,0 +1,56 @@
+"""Which webhook URLs the fleet will POST to (the server-side request forgery guard).
+
+A webhook URL is https, and its host resolves only to public addresses: loopback, private,
+link-local (the cloud metadata endpoint 169.254.169.254 among them), carrier-grade NAT,
+reserved, multicast and unspecified addresses are refused, unless the operator's allowlist
+(FLEET_WEBHOOK_ALLOWED_HOSTS) names the host; an allowlisted host may also use http. The check
+runs at submission and again before every delivery, so a name that later resolves elsewhere
+(DNS rebinding) is refused then. Redirects are never followed (`gateway.webhooks.deliver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+_CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def _internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+            or ip.is_multicast or ip.is_unspecified
+            or (isinstance(ip, ipaddress.IPv4Address) and ip in _CARRIER_GRADE_NAT))
+
+
+async def refusal(url: str, allowed_hosts: Collection[str]) -> str:
+    """Why the fleet will not POST to `url` ("" when it will)."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return "has no host"
+    allowed = host in allowed_hosts
+    if parts.scheme != "https" and not (parts.scheme == "http" and allowed):
+        return "must be https (http only to a host in FLEET_WEBHOOK_ALLOWED_HOSTS)"
+    if allowed:
+        return ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "has an invalid port"
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"host {host!r} does not resolve ({exc})"
+    internal = sorted({info[4][0] for info in found if _internal(info[4][0])})
+    if internal:
+        return (f"host {host!r} resolves to internal address {internal[0]} (loopback, private, "
+                "link-local or reserved); an operator may allow the host with "
+                "FLEET_WEBHOOK_ALLOWED_HOSTS")
+    return ""

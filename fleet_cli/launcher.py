@@ -120,8 +120,10 @@ def run_up(args: argparse.Namespace) -> int:
             process=start_worker(WORKER, worker_env, logs, redis_url=args.redis_url,
                                  queue=served.queue)))
         print(f"worker ready after {time.monotonic() - started:.0f} s")
-        # Batch jobs (JobService) in the registry's database, as one machine's fleet has one.
-        gateway, port = start_gateway({**env, "FLEET_JOBS_DATABASE_URL": registry_url}, logs,
+        # Batch jobs (JobService) in the registry's database, as one machine's fleet has one;
+        # webhooks may go to this machine (examples/review_bot's receiver).
+        gateway, port = start_gateway({**env, "FLEET_JOBS_DATABASE_URL": registry_url,
+                                       "FLEET_WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]'}, logs,
                                       port=args.port)
         print(f"\ngateway on 127.0.0.1:{port}; logs in {logs}\nTry, in another shell:\n"
               f"  .venv/bin/fleet chat --target 127.0.0.1:{port} -m {DEMO_MODEL} "

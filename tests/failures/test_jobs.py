@@ -243,7 +243,8 @@ def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway:
     httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
     job = gateway.jobs().SubmitJob(jobs.SubmitJobRequest(
         request=_item("h", "h = ", 3).request,
-        settings=jobs.JobSettings(webhook_url=httpserver.url_for("/hook"))), metadata=A,
+        settings=jobs.JobSettings(webhook_url=f"http://127.0.0.1:{httpserver.port}/hook")),
+        metadata=A,
         timeout=30).job
     assert got.wait(120), f"no webhook delivered; attempts {attempts}"
     body, headers = received[0]

@@ -1,0 +1,1 @@
+"""Examples of clients of the fleet."""

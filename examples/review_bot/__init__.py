@@ -1,0 +1,1 @@
+"""A code-review bot: one batch job per revision range, a signed webhook when it ends."""

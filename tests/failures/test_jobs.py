@@ -1,7 +1,9 @@
 """Batch jobs through real processes: a gateway with JobService on the registry's database, the
 package's two vLLM workers, Redis. Every item's result equals the same request made as a unary
-call; a gateway SIGKILLed mid-job is replaced and every item still gets exactly one result; a
-cancelled job stops; a job's end is POSTed as a signed Standard Webhooks event; a tenant sees
+call; a 1,000-item batch through two worker SIGKILLs and a gateway SIGKILL still gives every
+custom_id exactly one result, each equal to the unary answer; a cancelled job starts no item
+after CancelJob returns; a job's end is POSTed as a signed Standard Webhooks event to a
+receiver that fails twice first, and a webhook to a private address is refused; a tenant sees
 only its own jobs; a job never has more than its window of items in the queues."""
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from fleet_cli.processes import ManagedProcess, start_gateway
 from model_registry.database import open_engine
 from model_registry.jobs import ItemState, JobStore
 from tests.e2e.fleet_harness import Fleet
-from tests.failures.conftest import KEYS, MODEL, ensure_workers
+from tests.failures.conftest import KEYS, MODEL, WORKERS, ensure_workers
 
 pytestmark = pytest.mark.e2e
 A = (("authorization", "Bearer key-a"),)
@@ -49,12 +51,12 @@ class JobGateway:
         return InferenceServiceStub(grpc.insecure_channel(self.target))
 
 
-def _start(fleet: Fleet) -> JobGateway:
+def _start(fleet: Fleet, window: int = WINDOW) -> JobGateway:
     process, port = start_gateway({
         "FLEET_REGISTRY_URL": fleet.registry_url, "FLEET_REDIS_URL": fleet.redis_url,
         "FLEET_JOBS_DATABASE_URL": fleet.registry_url, "FLEET_API_KEYS": json.dumps(KEYS),
         "FLEET_WORKER_LIVENESS_S": "3", "FLEET_REGISTRY_REFRESH_S": "0.5",
-        "FLEET_JOB_WINDOW": str(WINDOW), "FLEET_JOB_LEASE_S": "3", "FLEET_JOB_POLL_S": "0.2",
+        "FLEET_JOB_WINDOW": str(window), "FLEET_JOB_LEASE_S": "3", "FLEET_JOB_POLL_S": "0.2",
         "FLEET_WEBHOOK_ALLOWED_HOSTS": json.dumps(["127.0.0.1"])}, fleet.log_dir)
     return JobGateway(process, f"127.0.0.1:{port}")
 
@@ -123,6 +125,14 @@ def test_a_tenant_sees_only_its_own_jobs(gateway: JobGateway) -> None:
     with pytest.raises(grpc.RpcError) as cancel:
         gateway.jobs().CancelJob(jobs.CancelJobRequest(job_id=job.job_id), metadata=B, timeout=10)
     assert cancel.value.code() == grpc.StatusCode.NOT_FOUND
+    for streaming in (lambda: list(gateway.jobs().WatchJob(
+                          jobs.WatchJobRequest(job_id=job.job_id), metadata=B, timeout=10)),
+                      lambda: list(gateway.jobs().GetJobResults(
+                          jobs.GetJobResultsRequest(job_id=job.job_id), metadata=B,
+                          timeout=10))):
+        with pytest.raises(grpc.RpcError) as hidden:
+            streaming()
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
     assert _wait_ended(gateway.jobs(), job.job_id)[-1].state == jobs.JOB_STATE_SUCCEEDED
 
 
@@ -172,7 +182,7 @@ def test_a_job_never_has_more_than_its_window_of_items_running(fleet: Fleet,
     assert 1 <= most <= WINDOW, most
 
 
-def test_a_cancelled_job_stops_and_keeps_what_ended(gateway: JobGateway) -> None:
+def test_a_cancelled_job_stops_and_keeps_what_ended(fleet: Fleet, gateway: JobGateway) -> None:
     job = gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(
         items=[_item(f"c{i}", f"c{i} = ", 600) for i in range(6)]), metadata=A, timeout=30).job
     deadline = time.monotonic() + 120
@@ -190,6 +200,11 @@ def test_a_cancelled_job_stops_and_keeps_what_ended(gateway: JobGateway) -> None
     results = _results(gateway.jobs(), job.job_id)
     assert len(results) == 6 and {r.state for r in results} <= {
         jobs.ITEM_STATE_SUCCEEDED, jobs.ITEM_STATE_CANCELLED}
+    # No item started after CancelJob returned: those ever run were running or done by then.
+    ever_run = [r for r in JobStore(open_engine(fleet.registry_url)).results(
+        "tenant-a", job.job_id) if r.attempts > 0]
+    c = cancelled.counts
+    assert len(ever_run) == c.running + c.succeeded + c.failed, (ever_run, c)
 
 
 def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Fleet) -> None:
@@ -222,6 +237,62 @@ def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Flee
         first.process.stop()
         if second is not None:
             second.process.stop()
+
+
+def _succeeded(gateway: JobGateway, job_id: str) -> int:
+    return gateway.jobs().GetJob(jobs.GetJobRequest(job_id=job_id), metadata=A,
+                                 timeout=10).job.counts.succeeded
+
+
+def _until_succeeded(gateway: JobGateway, job_id: str, count: int) -> None:
+    deadline = time.monotonic() + 300
+    while _succeeded(gateway, job_id) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} items succeeded in 300 s"
+        time.sleep(0.1)
+
+
+def _sigkill_worker(fleet: Fleet, name: str) -> None:
+    os.killpg(fleet.workers[name].process.pid, signal.SIGKILL)
+    fleet.workers[name].process.wait(timeout=30)
+
+
+@pytest.mark.long
+def test_a_1000_item_batch_survives_two_worker_kills_and_a_gateway_restart(
+        fleet: Fleet) -> None:
+    """The long variant of the test above (README: the long test command)."""
+    ensure_workers(fleet)
+    prompts = [f"k{i} = " for i in range(10)]
+    first, second = _start(fleet, window=16), None
+    try:
+        job = first.jobs().SubmitBatch(jobs.SubmitBatchRequest(
+            items=[_item(f"k{i}", prompts[i % 10], 4) for i in range(1000)]), metadata=A,
+            timeout=60).job
+        _until_succeeded(first, job.job_id, 150)
+        _sigkill_worker(fleet, WORKERS[0])
+        _until_succeeded(first, job.job_id, 300)
+        ensure_workers(fleet)  # the first worker back (the other served meanwhile)
+        _sigkill_worker(fleet, WORKERS[1])
+        _until_succeeded(first, job.job_id, 500)
+        os.kill(first.process.process.pid, signal.SIGKILL)
+        first.process.process.wait(timeout=30)
+        second = _start(fleet, window=16)
+        final = _wait_ended(second.jobs(), job.job_id, timeout=600)[-1]
+        assert final.state == jobs.JOB_STATE_SUCCEEDED, final
+        assert final.counts.succeeded == 1000, final.counts
+        results = _results(second.jobs(), job.job_id)
+        assert [(r.index, r.custom_id) for r in results] == [(i, f"k{i}") for i in range(1000)]
+        answers = {prompt: list(second.inference().Complete(api.CompleteRequest(
+            model=MODEL, prompt=prompt, sampling=pb.SamplingParams(
+                max_tokens=4, temperature=0.0, ignore_eos=True)), metadata=A,
+            timeout=60).choices[0].token_ids) for prompt in prompts}
+        wrong = [r.index for r in results
+                 if list(r.complete.choices[0].token_ids) != answers[prompts[r.index % 10]]]
+        assert wrong == [], f"{len(wrong)} items differ from the unary answer: {wrong[:10]}"
+    finally:
+        first.process.stop()
+        if second is not None:
+            second.process.stop()
+        ensure_workers(fleet)
 
 
 def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway: JobGateway,

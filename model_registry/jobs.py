@@ -531,10 +531,11 @@ def _counts(known: dict[ItemState, int]) -> dict[ItemState, int]:
 
 def _check_job(tenant: str, job_id: str, completion_window: timedelta, webhook_url: str,
                trace_parent: str) -> None:
-    for name, value, length in (("tenant", tenant, TENANT_LENGTH),
-                                ("job_id", job_id, JOB_ID_LENGTH)):
-        if not 0 < len(value) <= length:
-            raise ValueError(f"{name} must have 1 to {length} characters, got {value!r}")
+    # "" is the tenant of a fleet without API keys (every caller), as everywhere else.
+    if len(tenant) > TENANT_LENGTH:
+        raise ValueError(f"tenant must have at most {TENANT_LENGTH} characters, got {tenant!r}")
+    if not 0 < len(job_id) <= JOB_ID_LENGTH:
+        raise ValueError(f"job_id must have 1 to {JOB_ID_LENGTH} characters, got {job_id!r}")
     if completion_window <= timedelta(0):
         raise ValueError(f"completion_window must be positive, got {completion_window}")
     if len(webhook_url) > WEBHOOK_URL_LENGTH:

@@ -613,3 +613,10 @@ def test_job_states_and_a_tenants_unfinished_items(jobs: JobStore, clock: Clock)
     assert jobs.unfinished_items("acme") == 2
     assert jobs.job_states([first.id, second.id, "job_missing"]) == {
         first.id: JobState.RUNNING, second.id: JobState.CANCELLED}
+
+
+def test_the_tenant_of_a_fleet_without_keys_has_its_jobs_too(jobs: JobStore) -> None:
+    anonymous = create(jobs, 2, tenant="")
+    assert jobs.get_job("", anonymous.id) == anonymous
+    assert jobs.get_job("acme", anonymous.id) is None
+    assert [i.tenant for i in lease(jobs)] == ["", ""]

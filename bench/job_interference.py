@@ -41,7 +41,7 @@ class InterferenceSettings:
     output_len: int = 32
     repeat: int = 3
     worker_capacity: int = 8
-    job_window: int = 8
+    job_window: int = 2
 
 
 def _ttft(stub: Any, model: str, prompt: str, tokens: int) -> float:

@@ -27,10 +27,7 @@ from gateway.model_directory import ModelDirectory
 from gateway.prompts import PromptBuilder
 from gateway.servicer import InferenceServicer
 from gateway.settings import GatewaySettings
-from model_registry.database import migrate, open_engine
-from model_registry.reader import StoreRegistryReader
-from model_registry.registration import register_model
-from model_registry.store import RegistryStore
+from tests.support.model_directory import tiny_model_directory
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,15 +38,8 @@ WORKER = "w-full"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory,
            tiny_checkpoints: dict[str, Path]) -> ModelDirectory:
-    engine = open_engine(f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}")
-    migrate(engine)
-    store = RegistryStore(engine)
-    store.ensure_default_pools()
-    register_model(store, model=MODEL, version="v1", checkpoint_dir=tiny_checkpoints["infill"],
-                   variant="codellama-7b", context_limit=2048, dtype="float32")
-    directory = ModelDirectory(StoreRegistryReader(store, engine), refresh_s=3600)
-    directory.load()
-    return directory
+    return tiny_model_directory(tmp_path_factory.mktemp("registry"), tiny_checkpoints,
+                                [(MODEL, "infill", "codellama-7b")])
 
 
 @pytest.fixture

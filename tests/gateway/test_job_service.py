@@ -39,10 +39,8 @@ from gateway.settings import GatewaySettings
 from gateway.tenant_policies import TenantPolicies
 from model_registry.database import migrate, open_engine
 from model_registry.jobs import JobStore
-from model_registry.reader import StoreRegistryReader
 from model_registry.records import TenantPolicy
-from model_registry.registration import register_model
-from model_registry.store import RegistryStore
+from tests.support.model_directory import tiny_model_directory
 
 pytestmark = pytest.mark.timeout(60)
 MODEL = "tiny-7b-instruct"
@@ -105,15 +103,8 @@ class ScriptedDispatcher:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory,
            tiny_checkpoints: dict[str, Path]) -> ModelDirectory:
-    engine = open_engine(f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}")
-    migrate(engine)
-    store = RegistryStore(engine)
-    store.ensure_default_pools()
-    register_model(store, model=MODEL, version="v1", checkpoint_dir=tiny_checkpoints["infill"],
-                   variant="codellama-7b-instruct", context_limit=2048, dtype="float32")
-    directory = ModelDirectory(StoreRegistryReader(store, engine), refresh_s=3600)
-    directory.load()
-    return directory
+    return tiny_model_directory(tmp_path_factory.mktemp("registry"), tiny_checkpoints,
+                                [(MODEL, "infill", "codellama-7b-instruct")])
 
 
 @dataclass

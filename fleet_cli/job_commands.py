@@ -58,6 +58,7 @@ def add_job_commands(commands: Any) -> None:
         if name == "watch":
             action.add_argument("--json", action="store_true",
                                 help="every change as a JSON line, no progress bar")
+            action.set_defaults(timeout=None)  # as long as the job runs (a deadline: --timeout)
         if name == "results":
             action.add_argument("-o", "--output", help="write the JSON lines here (default: "
                                                        "standard output)")

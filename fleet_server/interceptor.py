@@ -1,5 +1,6 @@
 """The server interceptor that turns every error a handler raises into a status, and every
-request that does not parse into INVALID_ARGUMENT.
+request that does not parse into INVALID_ARGUMENT (unary, server-streaming and
+client-streaming calls; the fleet has no bidirectional ones).
 
 grpcio calls a handler's request deserializer before any interceptor code runs, and what it
 raises there becomes UNKNOWN ("Unexpected DecodeError") without reaching us. So the handlers
@@ -112,4 +113,25 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, _lenient(handler.request_deserializer), handler.response_serializer)
+        if handler.stream_unary is not None:
+            inner_collect = handler.stream_unary
+
+            async def collect(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_collect(_decoded(requests), context)
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await abort_with(context, exc, method)
+
+            return grpc.stream_unary_rpc_method_handler(
+                collect, _lenient(handler.request_deserializer), handler.response_serializer)
         return handler
+
+
+async def _decoded(requests: Any) -> Any:
+    """A client stream's messages; one that does not parse ends the call INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.refusal()
+        yield request

@@ -25,7 +25,7 @@ import httpx
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1 import job_service_pb2 as jobs_api
-from fleet_common.errors import FleetError, ResourceExhausted, Unavailable
+from fleet_common.errors import DeadlineExceeded, FleetError, ResourceExhausted, Unavailable
 from fleet_server import tracing
 from fleet_server.status import status_code_of
 from gateway import webhook_targets
@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 _RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 _EXPIRE_EVERY_S = 5.0
 _PURGE_EVERY_S = 3600.0
+_PURGE_BATCH = 1000
 _WEBHOOK_BATCH = 32
 _ENDED = {JobState.CANCELLING, JobState.CANCELLED, JobState.EXPIRED}
 _CANCELLED_CODE = 1  # grpc.StatusCode.CANCELLED
+_INTERNAL_CODE = 13  # grpc.StatusCode.INTERNAL
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,15 @@ class JobRunner:
             window_per_job=self._settings.window_per_job)
         for item in items:
             key = (item.job_id, item.index)
+            if key in self._running:  # our own lease lapsed (a stalled database) and came back
+                continue
             task = asyncio.create_task(self._run(item), name=f"job-item-{key}")
             self._running[key] = (task, item)
-            task.add_done_callback(lambda _, k=key: self._running.pop(k, None))
+            task.add_done_callback(lambda done, k=key: self._forget(k, done))
+
+    def _forget(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
+        if key in self._running and self._running[key][0] is task:
+            del self._running[key]
 
     async def _stop_cancelled(self) -> None:
         """Stops the running items of jobs cancelled or expired meanwhile."""
@@ -178,8 +186,16 @@ class JobRunner:
                 log.info("job %s item %d: %s; trying again in %.1f s", item.job_id, item.index,
                          exc, wait)
                 await asyncio.sleep(wait)
+            except DeadlineExceeded as exc:  # the call's deadline; the job's window may remain
+                if attempt + 1 == self._settings.max_attempts or \
+                        time.time() >= item.expires_at.timestamp():
+                    return _failed(exc)
             except FleetError as exc:
                 return _failed(exc)
+            except Exception as exc:  # a bug must end the item, not send it round the fleet
+                log.exception("job %s item %d failed unexpectedly", item.job_id, item.index)
+                return (ItemState.FAILED, None, _INTERNAL_CODE,
+                        f"internal error running the item: {type(exc).__name__}")
         raise AssertionError("unreachable")
 
     async def _once(self, item: ItemRecord, response_type: Any, prompt_input: PromptInput,
@@ -216,14 +232,20 @@ class JobRunner:
                 for job in await asyncio.to_thread(self._store.expire_due):
                     log.info("job %s expired at %s", job.id, job.expires_at.isoformat())
                 if time.monotonic() - last_purge >= _PURGE_EVERY_S:
-                    purged = await asyncio.to_thread(
-                        self._store.purge, timedelta(seconds=self._settings.retention_s))
+                    await self._purge()
                     last_purge = time.monotonic()
-                    if purged:
-                        log.info("purged %d jobs past their retention", purged)
             except Exception:
                 log.exception("job housekeeping failed")
             await asyncio.sleep(_EXPIRE_EVERY_S)
+
+    async def _purge(self) -> None:
+        """Deletes the jobs past their retention, a bounded transaction at a time."""
+        while purged := await asyncio.to_thread(
+                self._store.purge, timedelta(seconds=self._settings.retention_s),
+                limit=_PURGE_BATCH):
+            log.info("purged %d jobs past their retention", purged)
+            if purged < _PURGE_BATCH:
+                return
 
     async def _webhooks_forever(self) -> None:
         while True:
@@ -235,14 +257,16 @@ class JobRunner:
             await asyncio.sleep(self._settings.poll_s)
 
     async def _send(self, event: Any) -> None:
-        refused = await webhook_targets.refusal(event.url, self._settings.webhook_allowed_hosts)
-        if refused:  # the name resolves elsewhere than at submission: not sent, tried again
-            outcome = DeliveryOutcome(delivered=False, status=None, error=f"not sent: {refused}",
-                                      retry_after_s=None, disable_endpoint=False)
+        target = await webhook_targets.resolve(event.url, self._settings.webhook_allowed_hosts)
+        if target.refusal:  # the name resolves elsewhere than at submission: not sent, retried
+            outcome = DeliveryOutcome(delivered=False, status=None,
+                                      error=f"not sent: {target.refusal}", retry_after_s=None,
+                                      disable_endpoint=False)
         else:
             secret = await asyncio.to_thread(self._store.webhook_secret, event.tenant)
             outcome = await deliver(self._http, event.url, secret, event.webhook_id,
-                                    event.payload, timeout_s=self._webhook_policy.timeout_s)
+                                    event.payload, timeout_s=self._webhook_policy.timeout_s,
+                                    connect_to=target.address)
         now = datetime.now(UTC)
         retry_at = None if outcome.delivered or outcome.disable_endpoint else next_attempt(
             self._webhook_policy, attempts=event.attempts + 1, first_attempt_at=event.created_at,

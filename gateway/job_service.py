@@ -53,6 +53,7 @@ from model_registry.jobs import (
 MAX_ITEMS = 10_000
 MAX_CUSTOM_ID = 256
 MAX_WEBHOOK_URL = 2048
+MAX_JOB_BYTES = 256 * 2**20  # what one job may store of requests
 DEFAULT_WINDOW = timedelta(hours=24)
 MIN_WINDOW, MAX_WINDOW = timedelta(minutes=1), timedelta(days=7)
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
@@ -98,7 +99,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     async def SubmitBatchStream(self, request_iterator: AsyncIterator[Any],
                                 context: grpc.aio.ServicerContext) -> Any:
         tenant = self._auth.tenant_of(context, JOBS)
-        settings, items = None, []
+        settings, items, stored = None, [], 0
         async for message in request_iterator:
             if settings is None:
                 settings = message.settings
@@ -106,6 +107,11 @@ class JobServicer(jobs_grpc.JobServiceServicer):
                 raise InvalidArgument("settings", "is read from the first message only; send "
                                       "it there")
             items.extend(self._batch(tenant, message.items, first_index=len(items)))
+            stored += sum(len(item.request) for item in items[-len(message.items):]) \
+                if message.items else 0
+            if stored > MAX_JOB_BYTES:
+                raise OutOfBounds("items", f"over {MAX_JOB_BYTES:,} bytes of requests",
+                                  f"at most {MAX_JOB_BYTES:,} bytes in one job")
         job = await self._create(tenant, items, settings or jobs_api.JobSettings(), context,
                                  "SubmitBatchStream")
         return jobs_api.SubmitBatchStreamResponse(job=job_message(job))
@@ -193,6 +199,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         call = getattr(request, kind)
         try:
             validate_model_name(call.model)
+            self._check_sizes(kind, call)
             validate_sampling(call.sampling, self._settings.limits)
             check_priority(self._policies.of(tenant),
                            validate_priority(call.options, default=pb.PRIORITY_LOW))
@@ -200,11 +207,31 @@ class JobServicer(jobs_grpc.JobServiceServicer):
             raise _at(f"{path}.{kind}", exc) from exc
         return kind, request.SerializeToString()
 
+    def _check_sizes(self, kind: str, call: Any) -> None:
+        """The limits a call of that kind meets (the gateway's FLEET_LIMIT_*), so a job cannot
+        store what would be refused when it runs."""
+        limits = self._settings.limits
+        texts = {"complete": lambda: [("prompt", call.prompt)],
+                 "infill": lambda: [("prefix", call.prefix), ("suffix", call.suffix)],
+                 "chat": lambda: [(f"messages[{i}].content", m.content)
+                                  for i, m in enumerate(call.messages)]}[kind]()
+        if kind == "chat" and len(call.messages) > limits.max_messages:
+            raise OutOfBounds("messages", len(call.messages),
+                              f"at most {limits.max_messages} messages")
+        for field_name, text in texts:
+            if len(text) > limits.max_prompt_chars:
+                raise OutOfBounds(field_name, f"{len(text)} characters",
+                                  f"at most {limits.max_prompt_chars} characters")
+
     async def _create(self, tenant: str, items: list[NewItem], settings: Any,
                       context: grpc.aio.ServicerContext, rpc: str) -> JobRecord:
         """Stores the job; its items' traces will link to this call's server span."""
         if not items:
             raise InvalidArgument("items", "at least one item is required")
+        stored = sum(len(item.request) for item in items)
+        if stored > MAX_JOB_BYTES:
+            raise OutOfBounds("items", f"{stored:,} bytes of requests",
+                              f"at most {MAX_JOB_BYTES:,} bytes in one job")
         window = _window(settings.completion_window_s)
         webhook_url = await self._webhook_url(settings.webhook_url)
         await self._check_queued_items(tenant, len(items))

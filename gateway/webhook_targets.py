@@ -4,8 +4,9 @@ A webhook URL is https, and its host resolves only to public addresses: loopback
 link-local (the cloud metadata endpoint 169.254.169.254 among them), carrier-grade NAT,
 reserved, multicast and unspecified addresses are refused, unless the operator's allowlist
 (FLEET_WEBHOOK_ALLOWED_HOSTS) names the host; an allowlisted host may also use http. The check
-runs at submission and again before every delivery, so a name that later resolves elsewhere
-(DNS rebinding) is refused then. Redirects are never followed (`gateway.webhooks.deliver`).
+runs at submission and again before every delivery, and the delivery connects to the address
+that was checked (`gateway.webhooks.deliver(connect_to=...)`), so a name that resolves
+elsewhere at connect time (DNS rebinding) is not followed there. Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Collection
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 _CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
+_RESOLVE_TIMEOUT_S = 5.0
 
 
 def _internal(address: str) -> bool:
@@ -28,29 +31,46 @@ def _internal(address: str) -> bool:
             or (isinstance(ip, ipaddress.IPv4Address) and ip in _CARRIER_GRADE_NAT))
 
 
-async def refusal(url: str, allowed_hosts: Collection[str]) -> str:
-    """Why the fleet will not POST to `url` ("" when it will)."""
+@dataclass(frozen=True)
+class Target:
+    """Whether the fleet POSTs to a URL: `refusal` says why not ("" when it does); `address` is
+    the checked address to connect to (None for an allowlisted host: connect as resolved)."""
+
+    refusal: str
+    address: str | None = None
+
+
+async def resolve(url: str, allowed_hosts: Collection[str]) -> Target:
     parts = urlsplit(url)
     host = parts.hostname
     if not host:
-        return "has no host"
+        return Target("has no host")
     allowed = host in allowed_hosts
     if parts.scheme != "https" and not (parts.scheme == "http" and allowed):
-        return "must be https (http only to a host in FLEET_WEBHOOK_ALLOWED_HOSTS)"
+        return Target("must be https (http only to a host in FLEET_WEBHOOK_ALLOWED_HOSTS)")
     if allowed:
-        return ""
+        return Target("")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        return "has an invalid port"
+        return Target("has an invalid port")
     try:
-        found = await asyncio.get_running_loop().getaddrinfo(host, port,
-                                                             type=socket.SOCK_STREAM)
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
+            found = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                                 type=socket.SOCK_STREAM)
+    except TimeoutError:
+        return Target(f"host {host!r} did not resolve within {_RESOLVE_TIMEOUT_S:g} s")
     except (socket.gaierror, UnicodeError) as exc:
-        return f"host {host!r} does not resolve ({exc})"
-    internal = sorted({info[4][0] for info in found if _internal(info[4][0])})
+        return Target(f"host {host!r} does not resolve ({exc})")
+    addresses = [info[4][0] for info in found]
+    internal = sorted({a for a in addresses if _internal(a)})
     if internal:
-        return (f"host {host!r} resolves to internal address {internal[0]} (loopback, private, "
-                "link-local or reserved); an operator may allow the host with "
-                "FLEET_WEBHOOK_ALLOWED_HOSTS")
-    return ""
+        return Target(f"host {host!r} resolves to internal address {internal[0]} (loopback, "
+                      "private, link-local or reserved); an operator may allow the host with "
+                      "FLEET_WEBHOOK_ALLOWED_HOSTS")
+    return Target("", addresses[0])
+
+
+async def refusal(url: str, allowed_hosts: Collection[str]) -> str:
+    """Why the fleet will not POST to `url` ("" when it will)."""
+    return (await resolve(url, allowed_hosts)).refusal

@@ -143,22 +143,43 @@ def parse_retry_after(value: str, *, now: datetime) -> float | None:
     return min(max(0.0, (retry_at - now).total_seconds()), RETRY_AFTER_CEILING_S)
 
 
+def _pinned(url: str, address: str) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+    """`url` sent to `address` (an IP) instead of what its name resolves to at connect time:
+    the URL to request, the Host header and the TLS server name to verify the certificate for."""
+    original = httpx.URL(url)
+    host = original.host
+    authority = host if original.port is None else f"{host}:{original.port}"
+    if ":" in host:
+        authority = f"[{host}]" if original.port is None else f"[{host}]:{original.port}"
+    extensions = {"sni_hostname": host} if original.scheme == "https" else {}
+    return original.copy_with(host=address), {"host": authority}, extensions
+
+
 async def deliver(client: httpx.AsyncClient, url: str, secret: str, webhook_id: str,
-                  payload: str, *, timestamp: int | None = None,
-                  timeout_s: float) -> DeliveryOutcome:
+                  payload: str, *, timestamp: int | None = None, timeout_s: float,
+                  connect_to: str | None = None) -> DeliveryOutcome:
     """One attempt: POST `payload` (JSON text, sent as exactly the UTF-8 bytes signed) to `url`.
 
     Raises for no HTTP or network failure: those are outcomes. Redirects are not followed.
     `timeout_s` bounds the whole attempt, connect to response headers; the response body is not
     read. `timestamp` (unix seconds) defaults to now: each attempt is signed afresh.
+    `connect_to`: the address to connect to (the one `gateway.webhook_targets` checked), so a
+    name cannot resolve elsewhere between the check and the connection (DNS rebinding); the
+    certificate is still verified for the URL's host.
     """
     body = payload.encode("utf-8")
     sent_at = int(time.time()) if timestamp is None else timestamp
     request_headers = headers(secret, webhook_id, sent_at, body)
+    target: httpx.URL | str = url
+    extensions: dict[str, str] = {}
     try:
+        if connect_to is not None:
+            target, host_header, extensions = _pinned(url, connect_to)
+            request_headers = {**request_headers, **host_header}
         async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url, content=body, headers=request_headers,
-                                     timeout=timeout_s, follow_redirects=False) as response:
+            async with client.stream("POST", target, content=body, headers=request_headers,
+                                     timeout=timeout_s, follow_redirects=False,
+                                     extensions=extensions) as response:
                 return _outcome_of_response(response)
     except (TimeoutError, httpx.TimeoutException):
         return _no_response(f"timeout: no response within {timeout_s:g} s")

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -112,6 +113,17 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self._server.server_port}/hook"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
+    def wait_for(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
+        """The first verified event of `job_id` (another job's, a late retry, is skipped)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if event.get("data", {}).get("job_id") == job_id:
+                    return event
+            self.arrived.wait(min(0.5, max(deadline - time.monotonic(), 0)))
+            self.arrived.clear()
+        return None
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -153,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                    for h in found]), metadata=metadata, timeout=60).job
         print(f"submitted {job.job_id}: {len(found)} hunks; waiting for its webhook...",
               file=sys.stderr)
-        if not receiver.arrived.wait(args.wait_s):
+        event = receiver.wait_for(job.job_id, args.wait_s)
+        if event is None:
             print(f"no webhook within {args.wait_s:g} s", file=sys.stderr)
             return 1
-        event = receiver.events[0]
         print(f"webhook {event['type']} verified ({json.dumps(event['data']['counts'])})",
               file=sys.stderr)
         by_id = {f"{h.path}:{h.line}": h for h in found}

@@ -23,7 +23,7 @@ from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1 import job_service_pb2 as jobs
 from codellama.fleet.v1 import job_service_pb2_grpc as jobs_grpc
 from fleet_cli.__main__ import main
-from fleet_common.errors import FleetError, InvalidArgument, Unavailable
+from fleet_common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from fleet_common.keys import request_scope, result_stream
 from fleet_common.wire import Delta, Final, GenerationTask, Started, StreamEvent
 from fleet_server.interceptor import ErrorMappingInterceptor
@@ -61,7 +61,7 @@ class ScriptedDispatcher:
         self.most_running = 0
         self.hold = False
         self.released = asyncio.Event()
-        self.failure: FleetError | None = None
+        self.failure: Exception | None = None
         self.fail_first = 0
         self._failed: dict[str, int] = {}
 
@@ -209,6 +209,30 @@ async def test_a_streamed_batch_is_one_job(service: Jobs) -> None:
     job = (await service.stub.SubmitBatchStream(messages(), metadata=A)).job
     assert job.total_items == 3 and job.counts.queued == 3
     assert job.state == jobs.JOB_STATE_QUEUED
+
+    bad = _item("b")
+    bad.request.complete.sampling.temperature = 5
+
+    async def refused() -> AsyncIterator[jobs.SubmitBatchStreamRequest]:
+        yield jobs.SubmitBatchStreamRequest(items=[_item("r0")])
+        yield jobs.SubmitBatchStreamRequest(items=[bad])
+
+    async def settings_late() -> AsyncIterator[jobs.SubmitBatchStreamRequest]:
+        yield jobs.SubmitBatchStreamRequest(items=[_item("l0")])
+        yield jobs.SubmitBatchStreamRequest(settings=jobs.JobSettings(completion_window_s=600))
+
+    for stream, says in ((refused, "items[1].request.complete.sampling.temperature: must be "
+                                   "between 0 and 2, got 5.0"),
+                         (settings_late, "settings: is read from the first message only")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.SubmitBatchStream(stream(), metadata=A)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert caught.value.details().startswith(says), caught.value.details()
+    long_prompt = _item("p", prompt="x" * 1_000_001)
+    with pytest.raises(grpc.aio.AioRpcError) as too_long:
+        await service.stub.SubmitBatch(jobs.SubmitBatchRequest(items=[long_prompt]), metadata=A)
+    assert too_long.value.details() == ("items[0].request.complete.prompt: must be at most "
+                                        "1000000 characters, got '1000001 characters'")
 
 
 async def test_cancel_stops_the_running_items_and_drops_the_queued(service: Jobs) -> None:
@@ -366,3 +390,21 @@ async def test_the_fleet_job_commands_submit_watch_and_read_results(
     other = (await service.stub.GetWebhookSecret(jobs.GetWebhookSecretRequest(),
                                                  metadata=B)).secret
     assert other.startswith("whsec_") and other != service.store.webhook_secret("acme")
+
+
+async def test_a_call_deadline_is_retried_and_a_bug_fails_the_item_internal(
+        service: Jobs) -> None:
+    service.dispatcher.failure = DeadlineExceeded("request r did not finish within its deadline")
+    service.dispatcher.fail_first = 1
+    service.runner("gw-1")
+    retried = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("d").request),
+                                            metadata=A)).job
+    assert (await _ended(service, retried.job_id)).state == jobs.JOB_STATE_SUCCEEDED
+    service.dispatcher.failure = RuntimeError("a bug")
+    service.dispatcher.fail_first = 10
+    broken = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("e").request),
+                                           metadata=A)).job
+    assert (await _ended(service, broken.job_id)).state == jobs.JOB_STATE_FAILED
+    [result] = await _results(service, broken.job_id)
+    assert (result.error_code, result.error_message) == (
+        grpc.StatusCode.INTERNAL.value[0], "internal error running the item: RuntimeError")

@@ -374,3 +374,23 @@ def test_attempts_count_from_one() -> None:
 def test_policy_refuses_nonsense(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         DeliveryPolicy(**bad)
+
+
+async def test_a_pinned_delivery_connects_to_the_checked_address(
+        httpserver: HTTPServer, client: httpx.AsyncClient) -> None:
+    """The URL's name never resolves (.invalid): only the pinned address can have been used,
+    with the URL's host still in the Host header."""
+    seen: list[str] = []
+
+    def receive(request: Request) -> Response:
+        seen.append(request.headers["host"])
+        return Response("", status=204)
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+    url = f"http://receiver.invalid:{httpserver.port}/hook"
+    outcome = await deliver(client, url, SECRET, "msg_pin", '{"type": "job.succeeded"}',
+                            timeout_s=5, connect_to="127.0.0.1")
+    assert outcome.delivered, outcome
+    assert seen == [f"receiver.invalid:{httpserver.port}"]
+    unpinned = await deliver(client, url, SECRET, "msg_pin", "{}", timeout_s=5)
+    assert not unpinned.delivered and unpinned.status is None, unpinned

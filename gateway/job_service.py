@@ -46,6 +46,7 @@ from model_registry.jobs import (
     JobState,
     JobStore,
     NewItem,
+    TooManyUnfinished,
     WebhookDelivery,
     WebhookState,
 )
@@ -234,7 +235,6 @@ class JobServicer(jobs_grpc.JobServiceServicer):
                               f"at most {MAX_JOB_BYTES:,} bytes in one job")
         window = _window(settings.completion_window_s)
         webhook_url = await self._webhook_url(settings.webhook_url)
-        await self._check_queued_items(tenant, len(items))
         with tracing.span(f"codellama.fleet.v1.JobService/{rpc}", kind=tracing.SpanKind.SERVER,
                           parent_carrier=trace_context_of(context), attributes={
                               "fleet.tenant": tenant, "fleet.job_items": len(items)}) as span:
@@ -244,26 +244,15 @@ class JobServicer(jobs_grpc.JobServiceServicer):
                 job = await asyncio.to_thread(
                     self._store.create_job, tenant, items, priority=pb.PRIORITY_LOW,
                     completion_window=window, webhook_url=webhook_url,
-                    trace_parent=carrier.get("traceparent", ""))
+                    trace_parent=carrier.get("traceparent", ""),
+                    max_unfinished=self._policies.of(tenant).max_queued_job_items)
             except DuplicateCustomId as exc:
                 raise InvalidArgument("items.custom_id", str(exc)) from exc
+            except TooManyUnfinished as exc:
+                raise _queued_items_refusal(tenant, exc) from exc
             if span is not None:
                 span.set_attribute("fleet.job_id", job.id)
             return job
-
-    async def _check_queued_items(self, tenant: str, adding: int) -> None:
-        limit = self._policies.of(tenant).max_queued_job_items
-        if not limit:
-            return
-        queued = await asyncio.to_thread(self._store.unfinished_items, tenant)
-        if queued + adding > limit:
-            raise ResourceExhausted(
-                f"tenant {tenant!r} may have {limit} job items unfinished "
-                f"(max_queued_job_items); it has {queued} and this job adds {adding}; retry "
-                f"in {_QUEUED_ITEMS_RETRY_S:.0f} s or submit fewer",
-                retry_after_s=_QUEUED_ITEMS_RETRY_S, reason="max_queued_job_items",
-                violations=(QuotaViolation(f"tenant:{tenant}", f"max_queued_job_items {limit}: "
-                                           f"{queued} unfinished, {adding} more asked"),))
 
     async def _webhook_url(self, url: str) -> str:
         if not url:
@@ -287,6 +276,16 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         if job is None:
             raise _not_found(job_id)
         return job
+
+
+def _queued_items_refusal(tenant: str, exc: TooManyUnfinished) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"tenant {tenant!r} may have {exc.limit} job items unfinished (max_queued_job_items); "
+        f"it has {exc.unfinished} and this job adds {exc.adding}; retry in "
+        f"{_QUEUED_ITEMS_RETRY_S:.0f} s or submit fewer",
+        retry_after_s=_QUEUED_ITEMS_RETRY_S, reason="max_queued_job_items",
+        violations=(QuotaViolation(f"tenant:{tenant}", f"max_queued_job_items {exc.limit}: "
+                                   f"{exc.unfinished} unfinished, {exc.adding} more asked"),))
 
 
 def _window(seconds: int) -> timedelta:

@@ -122,6 +122,15 @@ class JobIdTaken(ValueError):
     pass
 
 
+class TooManyUnfinished(ValueError):
+    """The job would take its tenant's unfinished items past its limit."""
+
+    def __init__(self, unfinished: int, adding: int, limit: int) -> None:
+        super().__init__(f"{unfinished} unfinished items and {adding} more would pass the "
+                         f"limit of {limit}")
+        self.unfinished, self.adding, self.limit = unfinished, adding, limit
+
+
 class InvalidPageToken(ValueError):
     pass
 
@@ -207,9 +216,11 @@ class JobStore:
 
     def create_job(self, tenant: str, items: Sequence[NewItem], *, priority: int,
                    completion_window: timedelta, webhook_url: str = "", trace_parent: str = "",
-                   job_id: str | None = None) -> JobRecord:
+                   job_id: str | None = None, max_unfinished: int = 0) -> JobRecord:
         """Stores a job and all its items, QUEUED. Raises DuplicateCustomId, JobIdTaken, or
-        ValueError for anything else invalid."""
+        ValueError for anything else invalid; TooManyUnfinished when `max_unfinished` (0: no
+        limit) would be crossed by the tenant's unfinished items, counted in the same
+        transaction as the insert (the tenant's submissions are serialized for it)."""
         job_id = job_id if job_id is not None else f"job_{uuid.uuid4().hex}"
         _check_job(tenant, job_id, completion_window, webhook_url, trace_parent)
         _check_items(items)
@@ -220,6 +231,8 @@ class JobStore:
                         trace_parent=trace_parent, total_items=len(items),
                         counts=_counts({ItemState.QUEUED: len(items)}))
         with self._write() as db:
+            if max_unfinished:
+                self._check_unfinished(db, tenant, len(items), max_unfinished)
             try:
                 db.execute(insert(JobRow).values(
                     id=job.id, tenant=tenant, state=job.state, priority=priority,
@@ -230,6 +243,13 @@ class JobStore:
             db.execute(insert(JobItemRow), [_item_row(job_id, index, item)
                                             for index, item in enumerate(items)])
         return job
+
+    def _check_unfinished(self, db: Connection, tenant: str, adding: int, limit: int) -> None:
+        if not self._sqlite:  # SQLite's BEGIN IMMEDIATE already serializes every writer
+            db.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"jobs:{tenant}"))))
+        unfinished = _unfinished_items(db, tenant)
+        if unfinished + adding > limit:
+            raise TooManyUnfinished(unfinished, adding, limit)
 
     def get_job(self, tenant: str, job_id: str) -> JobRecord | None:
         with self._engine.connect() as db:
@@ -298,12 +318,8 @@ class JobStore:
 
     def unfinished_items(self, tenant: str) -> int:
         """The tenant's items queued or running, over all its jobs (max_queued_job_items)."""
-        query = (select(func.count()).select_from(JobItemRow)
-                 .join(JobRow, JobRow.id == JobItemRow.job_id)
-                 .where(JobRow.tenant == tenant,
-                        JobItemRow.state.in_([ItemState.QUEUED, ItemState.RUNNING])))
         with self._engine.connect() as db:
-            return int(db.execute(query).scalar_one())
+            return _unfinished_items(db, tenant)
 
     # The gateways' side: leases and results.
 
@@ -521,6 +537,14 @@ def _item_record(row: Row[Any]) -> ItemRecord:
         attempts=values["attempts"], lease_owner=values["lease_owner"],
         result=values["result"], error_code=values["error_code"],
         error_message=values["error_message"])
+
+
+def _unfinished_items(db: Connection, tenant: str) -> int:
+    return int(db.execute(
+        select(func.count()).select_from(JobItemRow)
+        .join(JobRow, JobRow.id == JobItemRow.job_id)
+        .where(JobRow.tenant == tenant,
+               JobItemRow.state.in_([ItemState.QUEUED, ItemState.RUNNING]))).scalar_one())
 
 
 def _counts(known: dict[ItemState, int]) -> dict[ItemState, int]:

@@ -33,6 +33,7 @@ from model_registry.jobs import (
     JobState,
     JobStore,
     NewItem,
+    TooManyUnfinished,
     webhook_id,
 )
 from model_registry.schema import Base
@@ -620,3 +621,22 @@ def test_the_tenant_of_a_fleet_without_keys_has_its_jobs_too(jobs: JobStore) -> 
     assert jobs.get_job("", anonymous.id) == anonymous
     assert jobs.get_job("acme", anonymous.id) is None
     assert [i.tenant for i in lease(jobs)] == ["", ""]
+
+
+def test_two_replicas_submitting_at_once_cannot_pass_the_unfinished_limit(
+        jobs: JobStore, second_engine: Engine, clock: Clock) -> None:
+    stores = [jobs, JobStore(second_engine, clock=clock)]
+
+    def submit(store: JobStore) -> str:
+        try:
+            store.create_job("acme", new_items(600), priority=1,
+                             completion_window=timedelta(hours=1), max_unfinished=1000)
+            return "stored"
+        except TooManyUnfinished as refused:
+            assert (refused.unfinished, refused.adding, refused.limit) == (600, 600, 1000)
+            return "refused"
+
+    outcomes = run_together([lambda s=s: submit(s) for s in stores])
+    assert sorted(outcomes) == ["refused", "stored"]
+    assert jobs.unfinished_items("acme") == 600
+    assert create(jobs, 400, max_unfinished=1000).total_items == 400  # exactly the limit

@@ -10,9 +10,10 @@ this interceptor returns decode leniently: a message that does not parse arrives
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -58,6 +59,23 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return deserialize
 
 
+@contextlib.asynccontextmanager
+async def _mapped(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """Ends the call with the status of what the handler raised (an abort passes through)."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error becomes a status, INTERNAL if unknown
+        await abort_with(context, exc, method)
+
+
+def _accepted(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.refusal()
+    return request
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -68,70 +86,47 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
+        decode = _lenient(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    if isinstance(request, _Undecodable):
-                        raise request.refusal()
-                    return await inner_unary(request, context)
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await abort_with(context, exc, method)
+                async with _mapped(context, method):
+                    return await inner_unary(_accepted(request), context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, _lenient(handler.request_deserializer), handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(unary, decode,
+                                                       handler.response_serializer)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
             if inspect.iscoroutinefunction(inner_stream):  # writes with context.write: Watch
 
                 async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    try:
-                        if isinstance(request, _Undecodable):
-                            raise request.refusal()
-                        return await inner_stream(request, context)
-                    except Exception as exc:
-                        if isinstance(exc, grpc.aio.AbortError):
-                            raise
-                        await abort_with(context, exc, method)
+                    async with _mapped(context, method):
+                        return await inner_stream(_accepted(request), context)
 
-                return grpc.unary_stream_rpc_method_handler(
-                    written, _lenient(handler.request_deserializer), handler.response_serializer)
+                return grpc.unary_stream_rpc_method_handler(written, decode,
+                                                            handler.response_serializer)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    if isinstance(request, _Undecodable):
-                        raise request.refusal()
-                    async for item in inner_stream(request, context):
+                async with _mapped(context, method):
+                    async for item in inner_stream(_accepted(request), context):
                         yield item
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await abort_with(context, exc, method)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, _lenient(handler.request_deserializer), handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(stream, decode,
+                                                        handler.response_serializer)
         if handler.stream_unary is not None:
             inner_collect = handler.stream_unary
 
             async def collect(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
+                async with _mapped(context, method):
                     return await inner_collect(_decoded(requests), context)
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await abort_with(context, exc, method)
 
-            return grpc.stream_unary_rpc_method_handler(
-                collect, _lenient(handler.request_deserializer), handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(collect, decode,
+                                                        handler.response_serializer)
         return handler
 
 
 async def _decoded(requests: Any) -> Any:
     """A client stream's messages; one that does not parse ends the call INVALID_ARGUMENT."""
     async for request in requests:
-        if isinstance(request, _Undecodable):
-            raise request.refusal()
-        yield request
+        yield _accepted(request)

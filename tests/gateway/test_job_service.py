@@ -408,3 +408,21 @@ async def test_a_call_deadline_is_retried_and_a_bug_fails_the_item_internal(
     [result] = await _results(service, broken.job_id)
     assert (result.error_code, result.error_message) == (
         grpc.StatusCode.INTERNAL.value[0], "internal error running the item: RuntimeError")
+
+
+async def test_a_streamed_message_that_does_not_parse_is_invalid_argument(service: Jobs) -> None:
+    channel = grpc.aio.insecure_channel(service.target)
+    submit = channel.stream_unary("/codellama.fleet.v1.JobService/SubmitBatchStream",
+                                  request_serializer=lambda raw: raw,
+                                  response_deserializer=jobs.SubmitBatchStreamResponse.FromString)
+
+    async def messages() -> AsyncIterator[bytes]:
+        yield jobs.SubmitBatchStreamRequest(items=[_item("ok")]).SerializeToString()
+        yield b"\xff\xff\xff\xff not a protobuf"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit(messages(), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not parse as codellama.fleet.v1.SubmitBatchStreamRequest" in \
+        caught.value.details(), caught.value.details()
+    await channel.close()

@@ -160,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     fair.add_argument("--fairness-output-len", type=int, default=32)
     fair.add_argument("--fairness-queue-factor", type=float, default=2.0,
                       help="the gateway's FLEET_ADMISSION_QUEUE_FACTOR")
+    fair.add_argument("--fairness-reserve", type=int, default=1,
+                      help="the worker's FLEET_FAIR_SHARE_RESERVE: slots beyond "
+                           "--fairness-capacity kept for tenants under their fair share")
     fair.add_argument("--fairness-a-max-concurrent", type=int, default=None,
                       help="tenant A's max_concurrent quota in its registry policy (default: "
                            "--fairness-capacity - 1; 0: no quota); B has none")
@@ -238,7 +241,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
             queue_factor=args.overload_queue_factor,
             baseline=args.overload_baseline) if args.overload else None,
         fairness=FairnessSettings(
-            capacity=args.fairness_capacity, seconds=args.fairness_seconds,
+            capacity=args.fairness_capacity, reserve=args.fairness_reserve,
+            seconds=args.fairness_seconds,
             probe_seconds=args.fairness_probe_seconds, b_rate=args.fairness_b_rate,
             b_share=args.fairness_b_share, a_multiple=args.fairness_a_multiple,
             deadline_s=args.fairness_deadline_s, input_len=args.fairness_input_len,

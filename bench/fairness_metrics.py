@@ -286,8 +286,10 @@ def report_lines(results: dict[str, Any]) -> list[str]:
         return []
     s = f["settings"]
     lines = ["## Fair share between tenants", "",
-             (f"One worker running {s['capacity']} requests at once (FLEET_CONCURRENCY = "
-              f"FLEET_MAX_NUM_SEQS = FLEET_CAPACITY), a gateway with two registry tenants "
+             (f"One worker with {s['capacity']} slots open to every tenant (FLEET_CAPACITY) "
+              f"and {s.get('reserve', 0)} more for tenants under their fair share "
+              f"(FLEET_FAIR_SHARE_RESERVE; FLEET_CONCURRENCY = FLEET_MAX_NUM_SEQS = their sum), "
+              f"a gateway with two registry tenants "
               f"(API keys; A's max_concurrent quota "
               f"{f.get('a_max_concurrent') or 'none'}, B none); "
               f"every request {s['input_len']} prompt tokens -> exactly {s['output_len']} "

@@ -1,8 +1,9 @@
 """The orchestrator's side of the fairness phase (`python -m bench run --fairness`).
 
-Starts one worker whose capacity is `FairnessSettings.capacity` (FLEET_CONCURRENCY,
-FLEET_MAX_NUM_SEQS and FLEET_CAPACITY all set to it, so the engine runs no more than the
-worker takes and admission control knows it), a gateway with admission control at
+Starts one worker whose capacity is `FairnessSettings.capacity` (FLEET_CAPACITY, so admission
+control knows it) plus `reserve` slots for tenants under their fair share
+(FLEET_FAIR_SHARE_RESERVE; FLEET_CONCURRENCY and FLEET_MAX_NUM_SEQS are the sum, so the engine
+runs no more than the worker takes), a gateway with admission control at
 `queue_factor` whose tenants are the registry's: tenant-a (policy `max_concurrent` =
 `FairnessSettings.a_quota`, 0: none), tenant-b and tenant-probe (no quota; the warm-up, the
 capacity probe and the FIFO control), each with one inference key, created in the fleet's
@@ -64,13 +65,14 @@ def run_fairness(settings: BenchSettings, run_dir: Path, ui: ProgressUI) -> dict
     quota = f.a_quota
     ui.step(f"fairness: starting a fleet with one worker of capacity {f.capacity}, tenant A "
             f"with max_concurrent {quota or 'unlimited'}, B unlimited")
-    slots = str(f.capacity)
+    slots = str(f.capacity + f.reserve)
     keys: dict[str, str] = {}
     deployment = FleetDeployment.start(
         settings.engine, home, settings.fleet_log_level,
         on_step=lambda m: ui.step(f"fairness: {m}"),
         worker_env={"FLEET_CONCURRENCY": slots, "FLEET_MAX_NUM_SEQS": slots,
-                    "FLEET_CAPACITY": slots},
+                    "FLEET_CAPACITY": str(f.capacity),
+                    "FLEET_FAIR_SHARE_RESERVE": str(f.reserve)},
         gateway_extra_env={"FLEET_ADMISSION_QUEUE_FACTOR": f"{f.queue_factor:g}"},
         prepare_registry=lambda registry: keys.update(create_tenants(registry, quota)))
     second = None

@@ -144,8 +144,11 @@ class FairnessSettings:
     """Fair share between tenants (`bench.fairness`): one worker of `capacity` slots; tenant B
     at `b_rate` req/s alone, then with tenant A sending `a_multiple` x B's rate at once."""
 
-    #: The worker's FLEET_CONCURRENCY, FLEET_MAX_NUM_SEQS and FLEET_CAPACITY.
+    #: The worker's FLEET_CAPACITY: the slots open to every tenant.
     capacity: int = 4
+    #: The worker's FLEET_FAIR_SHARE_RESERVE: slots beyond `capacity` (FLEET_CONCURRENCY and
+    #: FLEET_MAX_NUM_SEQS are capacity + reserve) for tenants under their fair share.
+    reserve: int = 1
     #: The measured window of each phase (the capacity probe has its own).
     seconds: float = 30.0
     probe_seconds: float = 15.0
@@ -178,6 +181,8 @@ class FairnessSettings:
             raise ValueError("fairness: b_rate >= 0, b_share > 0 and a_multiple > 0 are needed")
         if not self.deadline_s > 0:
             raise ValueError("fairness: the deadline must be positive")
+        if self.reserve < 0:
+            raise ValueError("fairness: the reserve is >= 0")
         if self.a_max_concurrent is not None and self.a_max_concurrent < 0:
             raise ValueError("fairness: A's max_concurrent is >= 0 (0: no quota)")
 

@@ -13,6 +13,12 @@ request runs:
   requests does not get more engine time than one of short ones; a tenant that was idle starts
   at V, with neither credit nor debt; a flood of one tenant queues behind its own tags only.
 
+A worker may keep *reserve slots* (`FLEET_FAIR_SHARE_RESERVE`): once its open slots are full, a
+free thread takes only a request of a tenant running fewer than its fair share of those slots
+on this worker (the open slots split by weight among the tenants that wait or run there), and
+otherwise holds its ticket and asks again shortly. A flood fills the open slots; a light
+tenant's request that arrives behind it starts at once instead of waiting for one to free.
+
 Tickets keep what Celery and autoscalers see true: the Celery queue's length is the number of
 requests waiting, over every tenant and priority (Celery's own Redis priorities would split a
 queue into several lists, and KEDA would have to sum them). Every ticket is the same, so a
@@ -26,6 +32,7 @@ a single Redis (or one Cluster hash slot, if the prefix were given a hash tag) a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from redis.asyncio import Redis
@@ -36,6 +43,7 @@ from fleet_common.wire import GenerationTask
 __all__ = [
     "FAIR_TAKE_TASK",
     "LEVELS",
+    "HELD_BACK",
     "FairTaker",
     "enqueue_args",
     "enqueue_keys",
@@ -88,10 +96,34 @@ redis.call('LPUSH', KEYS[5], ARGV[4])
 return 1
 """
 
-# ARGV: prefix, now (unix s), quoted-tenant map is not needed: tenants are stored quoted.
+# ARGV: prefix, now (unix s), open slots (0: take anything), then quoted tenant and running
+# count pairs of this worker. With open slots given, only a tenant running fewer than its
+# share of them is taken; `0` (not false) says requests wait but none of them may run here.
 TAKE = """
-local prefix, now = ARGV[1], tonumber(ARGV[2])
+local prefix, now, open_slots = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3] or '0')
 local waiting, weights = prefix .. 'waiting', prefix .. 'weights'
+local eligible = nil
+if open_slots > 0 then
+  local running, weight_of, total = {}, {}, 0
+  for i = 4, #ARGV, 2 do running[ARGV[i]] = tonumber(ARGV[i + 1]) end
+  local function count(tenant)
+    if weight_of[tenant] == nil then
+      weight_of[tenant] = math.max(tonumber(redis.call('HGET', weights, tenant) or '1'), 1)
+      total = total + weight_of[tenant]
+    end
+  end
+  for tenant, _ in pairs(running) do count(tenant) end
+  for _, level in ipairs({'high', 'normal', 'low'}) do
+    for _, tenant in ipairs(redis.call('SMEMBERS', prefix .. level .. ':active')) do
+      count(tenant)
+    end
+  end
+  eligible = {}
+  for tenant, weight in pairs(weight_of) do
+    eligible[tenant] = (running[tenant] or 0) < open_slots * weight / total
+  end
+end
+local held_back = false
 for _, level in ipairs({'high', 'normal', 'low'}) do
   local active = prefix .. level .. ':active'
   local finish = prefix .. level .. ':finish'
@@ -118,6 +150,8 @@ for _, level in ipairs({'high', 'normal', 'low'}) do
           redis.call('SREM', active, tenant)
           redis.call('HDEL', finish, tenant)
         end
+      elseif eligible ~= nil and not eligible[tenant] then
+        held_back = true
       else
         local cost = tonumber(string.match(item, '^(%d+) '))
         local weight = tonumber(redis.call('HGET', weights, tenant) or '1')
@@ -144,6 +178,7 @@ for _, level in ipairs({'high', 'normal', 'low'}) do
     end
   end
 end
+if held_back then return 0 end
 return false
 """
 
@@ -199,6 +234,10 @@ def enqueue_args(tenant: str, weight: int, item: bytes, ticket: bytes) -> list[b
     return [quote(tenant, safe=""), max(int(weight), 1), item, ticket]
 
 
+#: `FairTaker.take`'s answer when requests wait but none may take a reserve slot.
+HELD_BACK = "held back"
+
+
 class FairTaker:
     """A worker's side: takes the next request of its queue, in priority and fair order."""
 
@@ -206,6 +245,14 @@ class FairTaker:
         self._take = redis.register_script(TAKE)
         self._prefix = prefix(queue)
 
-    async def take(self) -> GenerationTask | None:
-        item = await self._take(args=[self._prefix, int(time.time())])
+    async def take(self, *, open_slots: int = 0, running: Mapping[str, int] | None = None
+                   ) -> GenerationTask | str | None:
+        """The next request; None when none waits. With `open_slots`, only a request of a
+        tenant running (per `running`, by tenant) fewer than its share of them, or HELD_BACK."""
+        args: list[str | int] = [self._prefix, int(time.time()), open_slots]
+        for tenant, count in (running or {}).items():
+            args += [quote(tenant, safe=""), count]
+        item = await self._take(args=args)
+        if item == 0:
+            return HELD_BACK
         return None if item is None else task_of(item)

@@ -26,12 +26,13 @@ from typing import Any
 from celery.exceptions import Reject
 from redis.asyncio import Redis
 
-from fleet_common.fair_queue import FairTaker
+from fleet_common.fair_queue import HELD_BACK, FairTaker
 from fleet_common.wire import GenerationTask, Sampling
 from model_registry.records import ServedModel
 from workers import background
 from workers.engine import EngineClient, EngineRequest
 from workers.generation import InFlight, RequestRunner
+from workers.slots import TenantSlots
 from workers.metrics import WorkerMetrics
 from workers.result_stream import ResultStreamWriter
 from workers.settings import WorkerSettings
@@ -43,6 +44,7 @@ STOP_MARGIN_S = 30.0  # for `stop` (leaving Redis, shutting the engine down) aft
 _EVICT_SWEEP_S = 0.2
 _END_WAIT_S = 10.0  # for evicted requests to write their UNAVAILABLE
 _LEAVE_WAIT_S = 5.0
+_HELD_BACK_RETRY_S = 0.02  # a thread holding a reserve slot asks again this often
 
 
 def _keep_running(exit_code: int) -> None:
@@ -80,6 +82,7 @@ class WorkerRuntime:
         self._redis: Redis | None = None
         self._runner: RequestRunner | None = None
         self._taker: FairTaker | None = None
+        self._slots = TenantSlots(settings.open_slots if settings.fair_share_reserve else 0)
 
     def start(self) -> None:
         """Creates the engine (blocking until it is loaded) and starts heartbeats."""
@@ -118,7 +121,7 @@ class WorkerRuntime:
         return {"model": self._served.model, "model_version": self._served.version,
                 "pool": self._served.pool, "tasks_in_flight": len(in_flight.generations),
                 "engine_requests": self._engine.unfinished_requests(),
-                "capacity": s.capacity or min(s.concurrency, s.max_num_seqs or s.concurrency)}
+                "capacity": s.published_capacity}
 
     @staticmethod
     async def _warm_up(engine: EngineClient) -> None:
@@ -141,7 +144,8 @@ class WorkerRuntime:
         assert self._runner is not None, "start() first"
         if self._refusing:
             raise Reject(f"worker {self._settings.worker_name} is draining", requeue=True)
-        asyncio.run_coroutine_threadsafe(self._runner.serve(task), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._serve_in_slot(task, occupy=True),
+                                         self._loop).result()
 
     def take_and_serve(self) -> None:
         """Runs a ticket: takes the queue's next request in priority and fair order
@@ -150,9 +154,37 @@ class WorkerRuntime:
         assert self._taker is not None and self._runner is not None, "start() first"
         if self._refusing:
             raise Reject(f"worker {self._settings.worker_name} is draining", requeue=True)
-        task = asyncio.run_coroutine_threadsafe(self._taker.take(), self._loop).result()
-        if task is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.serve(task), self._loop).result()
+        task = asyncio.run_coroutine_threadsafe(self._take(), self._loop).result()
+        if task is HELD_BACK:
+            raise Reject(f"worker {self._settings.worker_name} is draining", requeue=True)
+        if isinstance(task, GenerationTask):
+            asyncio.run_coroutine_threadsafe(self._serve_in_slot(task), self._loop).result()
+
+    async def _take(self) -> GenerationTask | str | None:
+        """The next request, in a slot of its tenant; None when none waits. A thread whose
+        only slot left is a reserve one asks again until a request may take it (or an open slot
+        frees); HELD_BACK if the worker starts draining meanwhile."""
+        assert self._taker is not None
+        while True:
+            async with self._slots.choosing:
+                open_slots, running = self._slots.limits()
+                task = await self._taker.take(open_slots=open_slots, running=running)
+                if isinstance(task, GenerationTask):
+                    self._slots.occupy(task.tenant)
+                if task is not HELD_BACK:
+                    return task
+            await asyncio.sleep(_HELD_BACK_RETRY_S)
+            if self._refusing:
+                return HELD_BACK
+
+    async def _serve_in_slot(self, task: GenerationTask, *, occupy: bool = False) -> None:
+        assert self._runner is not None
+        if occupy:
+            self._slots.occupy(task.tenant)
+        try:
+            await self._runner.serve(task)
+        finally:
+            self._slots.release(task.tenant)
 
     def begin_drain(self, *, immediate: bool = False) -> None:
         """Starts the drain (module docstring); `immediate` evicts every request now rather

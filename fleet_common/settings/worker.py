@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleet_common.logs import LogFormat
 from fleet_common.settings.base import FleetSettings
@@ -30,10 +30,17 @@ class WorkerSettings(FleetSettings):
         "(registered before they were recorded) instead of refusing it")
     kv_cache_gib: int | None = None
     max_num_seqs: int | None = None
+    fair_share_reserve: int = Field(
+        default=0, ge=0, description="Of FLEET_CONCURRENCY's slots, how many are kept for "
+        "tenants running fewer than their fair share of the others here: a flooding tenant "
+        "fills the open slots, and a light tenant's request starts at once in a reserve slot "
+        "instead of waiting for one to free (fleet_common.fair_queue). Set "
+        "FLEET_MAX_NUM_SEQS to at least FLEET_CONCURRENCY with it, so the engine runs what the "
+        "reserve slots take.")
     capacity: int | None = Field(
         default=None, ge=1, description="Requests this worker runs at once well, published in "
         "its status hash for the gateways' admission control. Default: FLEET_CONCURRENCY, or "
-        "FLEET_MAX_NUM_SEQS when that is smaller.")
+        "FLEET_MAX_NUM_SEQS when that is smaller, less FLEET_FAIR_SHARE_RESERVE.")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Well under the "
                                         "gateways' FLEET_WORKER_LIVENESS_S.")
     drain_grace_s: float = Field(
@@ -53,3 +60,22 @@ class WorkerSettings(FleetSettings):
     log_level: str = "INFO"
     log_format: LogFormat = Field(default="text", description="text, or json: one JSON object "
                                   "per line with request id, tenant, trace and span ids.")
+
+    @model_validator(mode="after")
+    def _reserve_leaves_open_slots(self) -> WorkerSettings:
+        if self.fair_share_reserve >= self.concurrency:
+            raise ValueError(
+                f"FLEET_FAIR_SHARE_RESERVE ({self.fair_share_reserve}) must be less than "
+                f"FLEET_CONCURRENCY ({self.concurrency}): at least one slot must be open to "
+                "every tenant")
+        return self
+
+    @property
+    def open_slots(self) -> int:
+        """Slots any tenant's request may take: FLEET_CONCURRENCY less the reserve."""
+        return self.concurrency - self.fair_share_reserve
+
+    @property
+    def published_capacity(self) -> int:
+        engine_slots = min(self.concurrency, self.max_num_seqs or self.concurrency)
+        return self.capacity or max(engine_slots - self.fair_share_reserve, 1)

@@ -124,3 +124,37 @@ async def test_a_ticket_is_added_only_while_fewer_tickets_than_items_wait(
     assert await top_up(keys=keys, args=[b"spare"]) == 1
     assert await top_up(keys=keys, args=[b"spare"]) == 0
     assert await redis.llen(queue) == 2
+
+
+async def test_with_the_open_slots_full_only_a_tenant_under_its_share_is_taken(
+        redis: Redis, queue: str) -> None:
+    for i in range(3):
+        await _enqueue(redis, queue, _task("a", f"a{i}"))
+    taker = fair_queue.FairTaker(redis, queue)
+    assert await taker.take(open_slots=4, running={"a": 4}) == fair_queue.HELD_BACK
+    await _enqueue(redis, queue, _task("b", "b0"))
+    await _enqueue(redis, queue, _task("b", "b1"))
+    await _enqueue(redis, queue, _task("b", "b2"))
+    # Shares of 4 open slots between a and b: 2 each. b runs 1, so one more of b may start.
+    first = await taker.take(open_slots=4, running={"a": 3, "b": 1})
+    assert isinstance(first, GenerationTask) and first.request_id == "b0"
+    assert await taker.take(open_slots=4, running={"a": 3, "b": 2}) == fair_queue.HELD_BACK
+    # b0's start was charged to b's share as any other: with open slots free, a catches up.
+    assert await _take_all(redis, queue) == ["a0", "a1", "b1", "a2", "b2"]
+
+
+async def test_reserve_shares_follow_weights_and_count_tenants_that_only_run(
+        redis: Redis, queue: str) -> None:
+    await _enqueue(redis, queue, _task("b", "b0"), weight=3)
+    taker = fair_queue.FairTaker(redis, queue)
+    # a runs 3 and waits for nothing; b (weight 3 of 4) has a share of 3 of the 4 open slots.
+    for running_b, expected in ((3, fair_queue.HELD_BACK), (2, "b0")):
+        task = await taker.take(open_slots=4, running={"a": 3, "b": running_b})
+        assert (task if isinstance(task, str) else task.request_id) == expected  # type: ignore[union-attr]
+
+
+async def test_held_back_is_told_from_nothing_waiting(redis: Redis, queue: str) -> None:
+    taker = fair_queue.FairTaker(redis, queue)
+    assert await taker.take(open_slots=2, running={"a": 2}) is None
+    await _enqueue(redis, queue, _task("a", "late", deadline_in_s=-5))
+    assert await taker.take(open_slots=2, running={"a": 2}) is None

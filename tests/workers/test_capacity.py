@@ -1,6 +1,6 @@
 """A worker publishes its capacity in its status hash, which the gateways' admission control
 sums per queue: FLEET_CAPACITY when set, else the Celery concurrency or the engine's
-max_num_seqs, whichever is smaller."""
+max_num_seqs, whichever is smaller, less the fair-share reserve."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ SERVED = ServedModel(model="tiny", version="v1", pool="7b", checkpoint="ck", che
     ({"concurrency": 16, "max_num_seqs": 8}, 8),
     ({"concurrency": 4, "max_num_seqs": 8}, 4),
     ({"concurrency": 16, "max_num_seqs": 8, "capacity": 12}, 12),
+    ({"concurrency": 5, "max_num_seqs": 5, "fair_share_reserve": 1}, 4),
 ])
 def test_the_status_carries_the_capacity(options: dict[str, int], capacity: int) -> None:
     settings = WorkerSettings(worker_name="w1", **options)  # type: ignore[arg-type]
@@ -36,3 +37,8 @@ def test_the_status_carries_the_capacity(options: dict[str, int], capacity: int)
     finally:
         runtime._loop.close()
     assert status["capacity"] == capacity
+
+
+def test_a_reserve_must_leave_an_open_slot() -> None:
+    with pytest.raises(ValueError, match="FLEET_FAIR_SHARE_RESERVE"):
+        WorkerSettings(worker_name="w1", concurrency=2, fair_share_reserve=2)

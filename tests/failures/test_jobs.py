@@ -1,7 +1,8 @@
 """Batch jobs through real processes: a gateway with JobService on the registry's database, the
 package's two vLLM workers, Redis. Every item's result equals the same request made as a unary
 call; a 1,000-item batch through two worker SIGKILLs and a gateway SIGKILL still gives every
-custom_id exactly one result, each equal to the unary answer; a cancelled job starts no item
+custom_id exactly one result, each equal to the unary answer, and so does a batch through a
+Redis crash; a cancelled job starts no item
 after CancelJob returns; a job's end is POSTed as a signed Standard Webhooks event to a
 receiver that fails twice first, and a webhook to a private address is refused; a tenant sees
 only its own jobs; a job never has more than its window of items in the queues."""
@@ -32,6 +33,7 @@ from model_registry.database import open_engine
 from model_registry.jobs import ItemState, JobStore
 from tests.e2e.fleet_harness import Fleet
 from tests.failures.conftest import KEYS, MODEL, WORKERS, ensure_workers
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 A = (("authorization", "Bearer key-a"),)
@@ -237,6 +239,33 @@ def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Flee
         first.process.stop()
         if second is not None:
             second.process.stop()
+
+
+def test_a_job_outlives_a_redis_crash_with_one_result_per_item(
+        fleet: Fleet, gateway: JobGateway, failures_redis: RedisServer | None) -> None:
+    """Redis is SIGKILLed (no persistence: every queue, line and result stream is lost) while
+    items run; the job store is the database, so the runner re-runs what was lost."""
+    if failures_redis is None:
+        pytest.skip("needs a redis-server of the test's own to kill")
+    stub = gateway.jobs()
+    job = stub.SubmitBatch(jobs.SubmitBatchRequest(
+        items=[_item(f"r{i}", f"r{i} = ", 300) for i in range(6)]), metadata=A,
+        timeout=30).job
+    deadline = time.monotonic() + 120
+    while stub.GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
+                      timeout=10).job.counts.running == 0:
+        assert time.monotonic() < deadline, "no item started"
+        time.sleep(0.05)
+    failures_redis.restart(crash=True)
+    final = _wait_ended(stub, job.job_id)[-1]
+    assert final.state == jobs.JOB_STATE_SUCCEEDED, final
+    results = _results(stub, job.job_id)
+    assert [r.custom_id for r in results] == [f"r{i}" for i in range(6)]
+    for r in results:
+        direct = gateway.inference().Complete(api.CompleteRequest(
+            model=MODEL, prompt=f"r{r.index} = ", sampling=pb.SamplingParams(
+                max_tokens=300, temperature=0.0, ignore_eos=True)), metadata=A, timeout=60)
+        assert list(r.complete.choices[0].token_ids) == list(direct.choices[0].token_ids)
 
 
 def _succeeded(gateway: JobGateway, job_id: str) -> int:

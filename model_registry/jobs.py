@@ -25,12 +25,13 @@ import base64
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from itertools import groupby
+from itertools import groupby, islice
 from typing import Any
 
 from sqlalchemy import (
@@ -334,24 +335,29 @@ class JobStore:
 
     def lease_items(self, owner: str, *, limit: int, lease: timedelta,
                     window_per_job: int) -> list[ItemRecord]:
-        """Up to `limit` items to run, oldest job first then item order: QUEUED ones, and
-        RUNNING ones whose lease expired (redelivered, with the next attempt number). A job
-        never has more than `window_per_job` items under a live lease."""
+        """Up to `limit` items to run: QUEUED ones, and RUNNING ones whose lease expired
+        (redelivered, with the next attempt number). Shared out between tenants one item at a
+        time: to the tenant with the fewest items under a live lease, ties to the oldest job,
+        and in item order within a job. A job never has more than `window_per_job` items under
+        a live lease."""
         if limit < 1 or window_per_job < 1:
             return []
         now = self._now()
         leased: list[ItemRecord] = []
+        short: set[str] = set()  # jobs that gave less than their share: not asked again
         with self._write() as db:
-            after: tuple[datetime, str] | None = None
             while len(leased) < limit:
-                job = _next_job_to_lease_from(db, now, window_per_job, after)
-                if job is None:
+                wanted = limit - len(leased)
+                shares = _fair_shares(_lease_candidates(db, now, window_per_job, wanted, short),
+                                      _in_flight_by_tenant(db, now), wanted)
+                if not shares:
                     break
-                after = job.created_at, job.id
-                take = min(window_per_job - _live_lease_count(db, job.id, now),
-                           limit - len(leased))
-                if take > 0:
-                    leased += _lease_from_job(db, job.id, owner, take, now, now + lease)
+                for job_id, share in shares.items():
+                    taken = _lease_share(db, job_id, share, owner, now, now + lease,
+                                         window_per_job)
+                    leased += taken
+                    if len(taken) < share:
+                        short.add(job_id)
         return leased
 
     def renew_leases(self, owner: str, keys: Sequence[tuple[str, int]],
@@ -631,29 +637,71 @@ def _leasable(now: datetime) -> ColumnElement[bool]:
     return or_(JobItemRow.state == ItemState.QUEUED, _expired_lease(now))
 
 
-def _next_job_to_lease_from(db: Connection, now: datetime, window_per_job: int,
-                            after: tuple[datetime, str] | None) -> Row[Any] | None:
-    """The oldest job after `after` with items to lease and room in its window, locked (on
-    PostgreSQL); jobs another transaction holds are skipped. One at a time, so a lessee locks
-    only the jobs it leases from."""
+def _lease_candidates(db: Connection, now: datetime, window_per_job: int, limit: int,
+                      passed: Collection[str]) -> list[Row[Any]]:
+    """The jobs not in `passed` with items to lease and room in their window (`room`), each
+    tenant's `limit` oldest (enough for `limit` items). Not locked."""
     live_leases = (select(func.count()).where(JobItemRow.job_id == JobRow.id, _live_lease(now))
                    .scalar_subquery())
-    query = (select(JobRow.id, JobRow.created_at)
-             .where(JobRow.state.in_(LEASABLE_JOB_STATES), JobRow.expires_at > now,
-                    exists().where(JobItemRow.job_id == JobRow.id, _leasable(now)),
-                    live_leases < window_per_job)
-             .order_by(JobRow.created_at, JobRow.id).limit(1)
-             .with_for_update(skip_locked=True, of=JobRow))
-    if after is not None:
-        created_at, job_id = after
-        query = query.where(or_(JobRow.created_at > created_at,
-                                and_(JobRow.created_at == created_at, JobRow.id > job_id)))
-    return db.execute(query).first()
+    age = func.row_number().over(partition_by=JobRow.tenant,
+                                 order_by=(JobRow.created_at, JobRow.id))
+    jobs = (select(JobRow.id, JobRow.tenant, JobRow.created_at,
+                   (window_per_job - live_leases).label("room"), age.label("age"))
+            .where(JobRow.state.in_(LEASABLE_JOB_STATES), JobRow.expires_at > now,
+                   JobRow.id.not_in(sorted(passed)),
+                   exists().where(JobItemRow.job_id == JobRow.id, _leasable(now)),
+                   live_leases < window_per_job)
+            .subquery())
+    return list(db.execute(select(jobs.c.id, jobs.c.tenant, jobs.c.created_at, jobs.c.room)
+                           .where(jobs.c.age <= limit)))
+
+
+def _in_flight_by_tenant(db: Connection, now: datetime) -> dict[str, int]:
+    """Items under a live lease, per tenant that has any."""
+    return dict(db.execute(
+        select(JobRow.tenant, func.count())
+        .join(JobItemRow, JobItemRow.job_id == JobRow.id)
+        .where(JobRow.state.not_in(TERMINAL_JOB_STATES), _live_lease(now))
+        .group_by(JobRow.tenant)).all())
+
+
+def _fair_shares(candidates: Sequence[Row[Any]], in_flight: dict[str, int],
+                 limit: int) -> Counter[str]:
+    """How many items to lease from each job, the first served first: each item goes to the
+    tenant that then has the fewest in flight, ties to the oldest job."""
+    by_tenant = groupby(sorted(candidates, key=lambda job: (job.tenant, job.created_at, job.id)),
+                        key=lambda job: job.tenant)
+    slots = sorted(slot for tenant, jobs in by_tenant
+                   for slot in _tenant_slots(jobs, in_flight.get(tenant, 0), limit))
+    return Counter(job_id for _, _, job_id in slots[:limit])
+
+
+def _tenant_slots(jobs: Iterable[Row[Any]], in_flight: int,
+                  limit: int) -> Iterator[tuple[int, datetime, str]]:
+    """The tenant's next `limit` items, oldest job first and each job up to its room, as
+    (the tenant's items in flight once this one is leased, job created_at, job id)."""
+    items = (job for job in jobs for _ in range(job.room))
+    for count, job in enumerate(islice(items, limit), start=in_flight + 1):
+        yield count, job.created_at, job.id
+
+
+def _lease_share(db: Connection, job_id: str, share: int, owner: str, now: datetime,
+                 until: datetime, window_per_job: int) -> list[ItemRecord]:
+    """Up to `share` of the job's items, unless another transaction holds the job (on
+    PostgreSQL) or it is no longer leasable."""
+    locked = db.execute(select(JobRow.id)
+                        .where(JobRow.id == job_id, JobRow.state.in_(LEASABLE_JOB_STATES),
+                               JobRow.expires_at > now)
+                        .with_for_update(skip_locked=True)).first()
+    if locked is None:
+        return []
+    take = min(share, window_per_job - _live_lease_count(db, job_id, now))
+    return _lease_from_job(db, job_id, owner, take, now, until) if take > 0 else []
 
 
 def _live_lease_count(db: Connection, job_id: str, now: datetime) -> int:
     """Counted again once the job is locked: another lessee may have committed since the
-    selection of the jobs."""
+    candidates were read."""
     return db.execute(select(func.count()).where(JobItemRow.job_id == job_id,
                                                  _live_lease(now))).scalar_one()
 

@@ -16,6 +16,7 @@ import redis
 from celery.exceptions import Reject
 
 from codellama.fleet.v1 import generation_pb2 as pb
+from fleet_common import fair_queue
 from fleet_common.keys import (
     draining_workers,
     live_workers,
@@ -44,7 +45,7 @@ STEP_S = 0.02
 class Worker:
     """A started runtime and what it was given."""
 
-    def __init__(self, redis_url: str, grace_s: float) -> None:
+    def __init__(self, redis_url: str, grace_s: float, reserve: int = 0) -> None:
         self.name = f"w-{uuid.uuid4().hex[:8]}"
         self.engine = FakeEngine(default=Script(tokens=2))
         self.shutdown_seen_running: set[str] | None = None
@@ -57,7 +58,8 @@ class Worker:
 
         self.engine.shutdown = shutdown  # type: ignore[method-assign]
         settings = WorkerSettings(redis_url=redis_url, worker_name=self.name, concurrency=4,
-                                  heartbeat_interval_s=BEAT_S, drain_grace_s=grace_s)
+                                  heartbeat_interval_s=BEAT_S, drain_grace_s=grace_s,
+                                  fair_share_reserve=reserve)
         self.runtime = WorkerRuntime(settings, SERVED, lambda: self.engine,
                                      request_exit=self.exit_codes.append)
         self.pool = ThreadPoolExecutor(4)  # Celery's task threads
@@ -75,11 +77,12 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def start_worker(redis_url: str, client: redis.Redis) -> Iterator[Callable[[float], Worker]]:
+def start_worker(redis_url: str, client: redis.Redis
+                 ) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def start(grace_s: float) -> Worker:
-        worker = Worker(redis_url, grace_s)
+    def start(grace_s: float, reserve: int = 0) -> Worker:
+        worker = Worker(redis_url, grace_s, reserve)
         worker.runtime.start()
         started.append(worker)
         _wait(lambda: _sets(client, worker)[0] is not None, "the first heartbeat")
@@ -256,3 +259,28 @@ def test_a_draining_worker_hands_new_requests_back_to_the_queue(
     assert refused.value.requeue
     assert _events(client, task) == []
     assert _run_id(task) not in {request.request_id for request in worker.engine.requests}
+
+
+def test_a_thread_held_back_from_the_reserve_hands_its_ticket_back_on_drain(
+        start_worker: Callable[..., Worker], client: redis.Redis) -> None:
+    worker = start_worker(30.0, reserve=3)  # 4 threads, 1 open slot
+    enqueue = client.register_script(fair_queue.ENQUEUE)
+    tasks = [_task(), _task()]
+    for task in tasks:
+        worker.engine.scripts[_run_id(task)] = Script(tokens=150, step_delay_s=STEP_S)
+        enqueue(keys=fair_queue.enqueue_keys(QUEUE, "normal", task.tenant),
+                args=fair_queue.enqueue_args(task.tenant, 1, fair_queue.item_of(task), b"t"))
+    running = worker.pool.submit(worker.runtime.take_and_serve)
+    _wait(lambda: _run_id(tasks[0]) in worker.engine.running, "the first request to run")
+    held_back = worker.pool.submit(worker.runtime.take_and_serve)
+    time.sleep(0.3)  # asking again every 20 ms: acme runs its share, the open slot
+    assert not held_back.done()
+    assert int(client.get(fair_queue.waiting_count(QUEUE)) or 0) == 1
+    worker.runtime.begin_drain()
+    with pytest.raises(Reject) as refused:
+        held_back.result(timeout=5)
+    assert refused.value.requeue
+    assert int(client.get(fair_queue.waiting_count(QUEUE)) or 0) == 1  # still waits, untaken
+    assert _events(client, tasks[1]) == []
+    running.result(timeout=60)  # the running one finishes within the grace
+    assert _events(client, tasks[0])[-1].HasField("final")

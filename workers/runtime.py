@@ -166,7 +166,7 @@ class WorkerRuntime:
         frees); HELD_BACK if the worker starts draining meanwhile."""
         assert self._taker is not None
         while True:
-            async with self._slots.choosing:
+            async with self._slots.choosing():
                 open_slots, running = self._slots.limits()
                 task = await self._taker.take(open_slots=open_slots, running=running)
                 if isinstance(task, GenerationTask):

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from typing import Any
 
 
 class TenantSlots:
-    """Requests running here by tenant. `choosing` serializes the takes of this worker's
-    threads, so two of them cannot both take the last open slot."""
+    """Requests running here by tenant. With a reserve, `choosing()` serializes the takes of
+    this worker's threads, so two of them cannot both take the last open slot; without one,
+    takes need no order and run at once."""
 
     def __init__(self, open_slots: int) -> None:
         """`open_slots`: slots open to every tenant; 0 when the worker keeps no reserve."""
         self._open_slots = open_slots
         self._running: Counter[str] = Counter()
-        self.choosing = asyncio.Lock()
+        self._lock = asyncio.Lock()
+
+    def choosing(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._lock if self._open_slots else contextlib.nullcontext()
 
     def limits(self) -> tuple[int, dict[str, int]]:
         """(open slots, running by tenant) for a take: (0, {}) while an open slot is free, so

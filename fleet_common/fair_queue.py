@@ -42,8 +42,8 @@ from fleet_common.wire import GenerationTask
 
 __all__ = [
     "FAIR_TAKE_TASK",
-    "LEVELS",
     "HELD_BACK",
+    "LEVELS",
     "FairTaker",
     "enqueue_args",
     "enqueue_keys",

@@ -32,10 +32,10 @@ from model_registry.records import ServedModel
 from workers import background
 from workers.engine import EngineClient, EngineRequest
 from workers.generation import InFlight, RequestRunner
-from workers.slots import TenantSlots
 from workers.metrics import WorkerMetrics
 from workers.result_stream import ResultStreamWriter
 from workers.settings import WorkerSettings
+from workers.slots import TenantSlots
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -42,7 +43,7 @@ from workers.engine import (
     EngineRequestRejected,
     EngineUnavailable,
 )
-from workers.result_stream import ResultStreamWriter
+from workers.result_stream import Fence, Fenced, ResultStreamWriter
 
 log = logging.getLogger(__name__)
 _ATTEMPT_MARKER_SLACK_S = 60
@@ -143,69 +144,80 @@ class RequestRunner:
                                   "fleet.queue_wait_ms": max(
                                       0.0, (time.time() - task.enqueued_at_unix) * 1000)}):
                 await self._serve(task, scope, run_id)
+        except Fenced:
+            log.warning("request %s attempt %d: another run owns its stream now (Redis lost "
+                        "this run's marker or a re-run took it); stopped without writing",
+                        scope, task.attempt)
         finally:
             self._in_flight.end(run_id)
 
     async def _serve(self, task: GenerationTask, scope: str, run_id: str) -> None:
-        skip, flagged = await self._preflight(scope, task.attempt, task.deadline_unix)
+        fence = Fence(attempt_started(scope, task.attempt),
+                      f"{self._worker_name} {uuid.uuid4().hex}")
+        skip, flagged = await self._preflight(scope, task.attempt, task.deadline_unix, fence)
         if skip:
             log.info("request %s attempt %d: %s; skipping", scope, task.attempt, skip)
             return
         started_at = time.time()
         if started_at >= task.deadline_unix:
-            await self._final(task, scope, started_at, {}, pb.FINISH_REASON_DEADLINE_EXCEEDED)
+            await self._final(task, scope, fence, started_at, {},
+                              pb.FINISH_REASON_DEADLINE_EXCEEDED)
             return
         if flagged or self._in_flight.was_cancelled(run_id):
-            await self._final(task, scope, started_at, {}, pb.FINISH_REASON_CANCELLED)
+            await self._final(task, scope, fence, started_at, {}, pb.FINISH_REASON_CANCELLED)
             return
         log.info("request %s attempt %d starting (trace %s)", scope, task.attempt,
                  task.trace_context.get("traceparent", "-"))
         totals: dict[int, _ChoiceTotals] = {}
         engine_id = run_id
         # The engine gets the request first; the STARTED event is written while it prefills.
-        generation = asyncio.ensure_future(self._generate(task, scope, engine_id, totals))
+        generation = asyncio.ensure_future(self._generate(task, scope, fence, engine_id, totals))
         self._in_flight.attach(run_id, generation)
-        await self._write(scope, StreamEvent(attempt=task.attempt, started=Started(
-            worker=self._worker_name, pool=self._pool, model_version=task.model_version,
-            queue_wait_ms=max(0.0, (started_at - task.enqueued_at_unix) * 1000))))
         try:
+            await self._write(scope, fence, StreamEvent(attempt=task.attempt, started=Started(
+                worker=self._worker_name, pool=self._pool, model_version=task.model_version,
+                queue_wait_ms=max(0.0, (started_at - task.enqueued_at_unix) * 1000))))
             override = await generation
+        except Fenced:
+            generation.cancel()
+            await self._engine.abort(engine_id)
+            raise
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not generation.cancelled() or (current is not None and current.cancelling()):
                 raise  # this worker is stopping, not the request being cancelled
             if self._in_flight.was_evicted(run_id) and not self._in_flight.was_cancelled(run_id):
-                await self._evicted(task, scope, engine_id)
+                await self._evicted(task, scope, fence, engine_id)
                 return
             await self._engine.abort(engine_id)
             override = pb.FINISH_REASON_CANCELLED
         except EngineRequestRejected as exc:
-            await self._error(task, scope, ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
+            await self._error(task, scope, fence, ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
                               f"the engine refused request {task.request_id}: {exc}")
             return
         except RedisError as exc:  # writing the stream failed: Redis, not the engine
             log.warning("lost Redis while serving %s: %s: %s", scope, type(exc).__name__, exc)
             await self._engine.abort(engine_id)
-            await self._error(task, scope, ErrorCode.ERROR_CODE_UNAVAILABLE,
+            await self._error(task, scope, fence, ErrorCode.ERROR_CODE_UNAVAILABLE,
                               f"worker {self._worker_name} lost Redis while serving request "
                               f"{task.request_id}; the request may be retried")
             return
         except EngineUnavailable as exc:
             log.error("engine unavailable while serving %s: %s", scope, exc)
-            await self._error(task, scope, ErrorCode.ERROR_CODE_UNAVAILABLE,
+            await self._error(task, scope, fence, ErrorCode.ERROR_CODE_UNAVAILABLE,
                               f"worker {self._worker_name} lost its engine while serving "
                               f"request {task.request_id}; the request may be retried")
             return
         except Exception as exc:  # the engine failed; the caller must hear it, not hang
             log.exception("engine failed on request %s", scope)
-            await self._error(task, scope, ErrorCode.ERROR_CODE_INTERNAL,
+            await self._error(task, scope, fence, ErrorCode.ERROR_CODE_INTERNAL,
                               f"engine failed on request {task.request_id}: "
                               f"{type(exc).__name__}: {exc}")
             return
-        await self._final(task, scope, started_at, totals, override)
+        await self._final(task, scope, fence, started_at, totals, override)
 
-    async def _preflight(self, scope: str, attempt: int, deadline_unix: float
-                         ) -> tuple[str, bool]:
+    async def _preflight(self, scope: str, attempt: int, deadline_unix: float,
+                         fence: Fence) -> tuple[str, bool]:
         """(why to skip this attempt, or "", whether it was cancelled), in one round trip.
 
         Skipped: an attempt that finished; a stale attempt (a gateway has re-run the request
@@ -213,13 +225,14 @@ class RequestRunner:
         deliver one message twice (kombu restores the unacknowledged messages of a consumer
         whose connection dropped, running ones included), so each attempt is claimed with
         SET NX before it runs: an attempt runs at most once, and if the worker that claimed it
-        dies, the gateway re-runs the request as the next attempt."""
+        dies, the gateway re-runs the request as the next attempt. The claim holds this run's
+        token, which fences every write of the run (`result_stream`)."""
         marker_ttl = max(int(deadline_unix - time.time()), 0) + _ATTEMPT_MARKER_SLACK_S
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.xrevrange(result_stream(scope), count=1)
             pipe.get(cancelled_flag(scope))
             pipe.hget(request_claim(scope), "attempt")
-            pipe.set(attempt_started(scope, attempt), self._worker_name, nx=True, ex=marker_ttl)
+            pipe.set(fence.marker, fence.token, nx=True, ex=marker_ttl)
             last, flag, current, claimed = await pipe.execute()
         if last:
             event = event_from_fields(last[0][1])
@@ -231,7 +244,7 @@ class RequestRunner:
             return "another delivery of this attempt already started it", False
         return "", flag is not None and int(flag) >= attempt
 
-    async def _generate(self, task: GenerationTask, scope: str, engine_id: str,
+    async def _generate(self, task: GenerationTask, scope: str, fence: Fence, engine_id: str,
                         totals: dict[int, _ChoiceTotals]) -> int:
         """Streams deltas; returns a finish reason that overrides the engine's (or UNSPECIFIED)."""
         request = EngineRequest(
@@ -250,7 +263,7 @@ class RequestRunner:
             try:
                 async with asyncio.timeout_at(loop.time() + task.deadline_unix - time.time()):
                     async for batch in self._engine.generate(request):
-                        await self._write_delta(task, scope, batch, totals)
+                        await self._write_delta(task, scope, fence, batch, totals)
             except TimeoutError:
                 await self._engine.abort(engine_id)
                 return pb.FINISH_REASON_DEADLINE_EXCEEDED
@@ -260,8 +273,8 @@ class RequestRunner:
                                        sum(t.tokens for t in totals.values()))
         return pb.FINISH_REASON_UNSPECIFIED
 
-    async def _write_delta(self, task: GenerationTask, scope: str, batch: list[ChoiceUpdate],
-                           totals: dict[int, _ChoiceTotals]) -> None:
+    async def _write_delta(self, task: GenerationTask, scope: str, fence: Fence,
+                           batch: list[ChoiceUpdate], totals: dict[int, _ChoiceTotals]) -> None:
         choices = []
         for update in batch:
             total = totals.setdefault(update.index, _ChoiceTotals())
@@ -275,16 +288,16 @@ class RequestRunner:
                 finish_reason=update.finish_reason,
                 matched_stop_sequence=update.matched_stop_sequence, logprobs=update.logprobs))
         if choices:
-            await self._write(scope, StreamEvent(attempt=task.attempt,
+            await self._write(scope, fence, StreamEvent(attempt=task.attempt,
                                                  delta=Delta(choices=choices)))
 
-    async def _final(self, task: GenerationTask, scope: str, started_at: float,
+    async def _final(self, task: GenerationTask, scope: str, fence: Fence, started_at: float,
                      totals: dict[int, _ChoiceTotals], override: int) -> None:
         reasons = []
         for index in range(task.sampling.n):
             engine_reason = totals[index].finish_reason if index in totals else 0
             reasons.append(override or engine_reason or pb.FINISH_REASON_CANCELLED)
-        await self._write(scope, StreamEvent(attempt=task.attempt, final=Final(
+        await self._write(scope, fence, StreamEvent(attempt=task.attempt, final=Final(
             finish_reasons=reasons,
             prompt_tokens=len(task.prompt_token_ids),
             completion_tokens=sum(t.tokens for t in totals.values()),
@@ -294,18 +307,20 @@ class RequestRunner:
             model_version=task.model_version,
         )))
 
-    async def _evicted(self, task: GenerationTask, scope: str, engine_id: str) -> None:
+    async def _evicted(self, task: GenerationTask, scope: str, fence: Fence,
+                       engine_id: str) -> None:
         try:
             await self._engine.abort(engine_id)
         except Exception:  # a lost engine cannot abort; the request must still be ended
             log.warning("aborting evicted request %s failed", scope, exc_info=True)
-        await self._error(task, scope, ErrorCode.ERROR_CODE_UNAVAILABLE,
+        await self._error(task, scope, fence, ErrorCode.ERROR_CODE_UNAVAILABLE,
                           f"worker {self._worker_name} stopped before finishing request "
                           f"{task.request_id}; the request may be retried")
 
-    async def _error(self, task: GenerationTask, scope: str, code: int, message: str) -> None:
-        await self._write(scope, StreamEvent(attempt=task.attempt,
+    async def _error(self, task: GenerationTask, scope: str, fence: Fence, code: int,
+                     message: str) -> None:
+        await self._write(scope, fence, StreamEvent(attempt=task.attempt,
                                              error=Error(code=code, message=message)))
 
-    async def _write(self, scope: str, event: StreamEvent) -> None:
-        await self._writer.write(scope, event)
+    async def _write(self, scope: str, fence: Fence, event: StreamEvent) -> None:
+        await self._writer.write(scope, event, fence)

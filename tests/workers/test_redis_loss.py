@@ -20,7 +20,7 @@ from tests.support.fake_engine import FakeEngine, Script
 from tests.support.redis_server import RedisServer, redis_server
 from workers.background import heartbeat
 from workers.generation import InFlight, RequestRunner
-from workers.result_stream import ResultStreamWriter
+from workers.result_stream import Fence, ResultStreamWriter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,11 +34,11 @@ class _WriterLosingRedis(ResultStreamWriter):
         self._writes = 0
         self._fail_at = fail_at
 
-    async def write(self, scope: str, event: StreamEvent) -> None:
+    async def write(self, scope: str, event: StreamEvent, fence: Fence) -> None:
         self._writes += 1
         if self._writes == self._fail_at:
             raise RedisConnectionError("Connection closed by server.")
-        await super().write(scope, event)
+        await super().write(scope, event, fence)
 
 
 @pytest.fixture

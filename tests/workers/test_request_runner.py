@@ -15,7 +15,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from codellama.fleet.v1 import generation_pb2 as pb
 from fleet_cli.processes import free_port, start_redis
-from fleet_common.keys import cancelled_flag, request_claim, request_scope, result_stream
+from fleet_common.keys import (
+    attempt_started,
+    cancelled_flag,
+    request_claim,
+    request_scope,
+    result_stream,
+)
 from fleet_common.wire import (
     Delta,
     ErrorCode,
@@ -267,6 +273,26 @@ async def test_a_second_delivery_of_a_running_attempt_never_runs_it_twice(redis:
     assert _kinds(events).count("started") == 1 and _kinds(events).count("final") == 1
     assert len(_delta_tokens(events)) == 40
     assert len(worker.engine.requests) == 1
+
+
+@pytest.mark.parametrize("redis_lost", [True, False], ids=["marker-gone", "marker-re-claimed"])
+async def test_a_run_whose_attempt_marker_is_lost_stops_without_writing(
+        redis: Redis, redis_lost: bool) -> None:
+    """Redis lost its keys mid-generation (the marker is gone), or lost them and a re-run
+    claimed the same attempt (the marker holds another token): the old run writes nothing more,
+    not even an error, and frees its engine request."""
+    worker = _worker(redis, FakeEngine(Script(tokens=200, step_delay_s=0.01)))
+    task = _task()
+    serving = asyncio.create_task(worker.runner.serve(task))
+    await worker.engine.wait_for_steps(_run_id(task), 3)
+    marker = attempt_started(_scope(task), task.attempt)
+    await redis.delete(result_stream(_scope(task)), marker)
+    if not redis_lost:
+        await redis.set(marker, "w-other re-run", ex=60)
+    await asyncio.wait_for(serving, SERVE_TIMEOUT_S)
+    assert await _events(redis, task) == []
+    assert worker.engine.aborted == [_run_id(task)]
+    assert worker.engine.unfinished_requests() == 0 and not worker.in_flight.generations
 
 
 async def test_an_unstarted_attempt_handed_back_to_the_queue_runs(worker: Worker) -> None:

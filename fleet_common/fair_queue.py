@@ -86,13 +86,19 @@ def task_of(item: bytes) -> GenerationTask:
     return GenerationTask.FromString(item[item.index(b"|") + 1:])
 
 
-# KEYS: line, active set, weights, waiting, celery queue. ARGV: tenant, weight, item, ticket.
+# KEYS: line, active set, weights, waiting, celery queue[, the request's claim]. ARGV: tenant,
+# weight, item, ticket[, attempt]. The claim, if it exists, records `queued = attempt` in the
+# same step, so a caller attached to the request can tell a queued attempt from one whose
+# gateway died before queueing it (`gateway.leases`).
 ENQUEUE = """
 redis.call('LPUSH', KEYS[1], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('INCR', KEYS[4])
 redis.call('LPUSH', KEYS[5], ARGV[4])
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('HSET', KEYS[6], 'queued', ARGV[5])
+end
 return 1
 """
 
@@ -224,14 +230,18 @@ return out
 """
 
 
-def enqueue_keys(queue: str, level: str, tenant: str) -> list[str]:
+def enqueue_keys(queue: str, level: str, tenant: str, claim: str | None = None) -> list[str]:
+    """`claim`: the request's claim hash (`keys.request_claim`), to record the queued attempt."""
     p = prefix(queue)
-    return [tenant_line(queue, level, tenant), f"{p}{level}:active", f"{p}weights",
+    keys = [tenant_line(queue, level, tenant), f"{p}{level}:active", f"{p}weights",
             waiting_count(queue), queue]
+    return keys if claim is None else [*keys, claim]
 
 
-def enqueue_args(tenant: str, weight: int, item: bytes, ticket: bytes) -> list[bytes | str | int]:
-    return [quote(tenant, safe=""), max(int(weight), 1), item, ticket]
+def enqueue_args(tenant: str, weight: int, item: bytes, ticket: bytes, attempt: int = 0
+                 ) -> list[bytes | str | int]:
+    args: list[bytes | str | int] = [quote(tenant, safe=""), max(int(weight), 1), item, ticket]
+    return [*args, attempt] if attempt else args
 
 
 #: `FairTaker.take`'s answer when requests wait but none may take a reserve slot.

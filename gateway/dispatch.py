@@ -27,6 +27,7 @@ from fleet_common.keys import (
     CANCEL_CHANNEL,
     cancelled_flag,
     live_workers,
+    request_claim,
     request_scope,
 )
 from fleet_common.task_message import ticket_message
@@ -66,6 +67,8 @@ class TaskDispatcher(Protocol):
     def events(self, run: RequestRun) -> AsyncIterator[StreamEvent]: ...
 
     async def abandon(self, run: RequestRun) -> None: ...
+
+    async def hand_over(self, run: RequestRun) -> None: ...
 
     async def finish(self, run: RequestRun) -> None: ...
 
@@ -230,9 +233,10 @@ class Dispatcher:
             item = fair_queue.item_of(task)
             ticket = ticket_message(run.queue, f"{run.scope}#{task.attempt}")
             run.adopt(task, item, fair_queue.tenant_line(run.queue, level, task.tenant))
-            entry = FairEntry(fair_queue.enqueue_keys(run.queue, level, task.tenant),
-                              fair_queue.enqueue_args(task.tenant, self._weight_of(task.tenant),
-                                                      item, ticket))
+            entry = FairEntry(
+                fair_queue.enqueue_keys(run.queue, level, task.tenant, request_claim(run.scope)),
+                fair_queue.enqueue_args(task.tenant, self._weight_of(task.tenant), item, ticket,
+                                        task.attempt))
             with _backend_errors(f"queueing request {task.request_id}"):
                 await self._publisher.publish(entry)
 
@@ -336,6 +340,12 @@ class Dispatcher:
         """The caller is done: a request that ended with its result keeps its claim (a retry
         under the id gets the same result); one that did not frees the id."""
         await self._leave(run, forget=not run.finished, cancel_if_last=False)
+
+    async def hand_over(self, run: RequestRun) -> None:
+        """For a caller this gateway stops waiting for while the request goes on (a job item on
+        a gateway stopping gracefully): the claim keeps the request, so the next caller of the
+        same request under its id attaches to the generation instead of starting it again."""
+        await self._leave(run, forget=False, cancel_if_last=False)
 
     async def abandon(self, run: RequestRun) -> None:
         """For a caller that leaves before the result (gone, deadline, error): cancels the

@@ -83,6 +83,7 @@ class JobRunner:
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self._rng = random.Random()
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing_over = False
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._feed_forever(), name="job-feed"),
@@ -91,14 +92,24 @@ class JobRunner:
                        asyncio.create_task(self._webhooks_forever(), name="job-webhooks")]
 
     async def aclose(self) -> None:
-        """Stops taking items; the items running are stopped without a result, so their
-        leases lapse and another gateway runs them again."""
+        """Stops taking items and hands the running ones over: their generations go on, their
+        leases end now, and the next gateway to lease one attaches to its generation under the
+        item's request id (`Dispatcher.hand_over`)."""
+        self._handing_over = True
         for task in self._tasks:
             task.cancel()
+        running = list(self._running)
         for task, _ in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._tasks, *(t for t, _ in self._running.values()),
                              return_exceptions=True)
+        if running:
+            try:
+                released = await asyncio.to_thread(self._store.release_leases,
+                                                   self._settings.owner, running)
+                log.info("handed %d running job items over to the next gateway", released)
+            except Exception:  # they lapse within a lease instead
+                log.exception("releasing the leases of %d job items failed", len(running))
         await self._http.aclose()
 
     # Taking and running items -----------------------------------------------------------------
@@ -207,7 +218,8 @@ class JobRunner:
         admitted = await self._servicer.admit_as(
             item.tenant, prompt_input, call, deadline_unix=deadline, trace_context=carrier,
             received_clock=time.perf_counter(), default_priority=pb.PRIORITY_LOW)
-        assembler = await self._servicer.run_to_final(admitted)
+        assembler = await self._servicer.run_to_final(
+            admitted, handing_over=lambda: self._handing_over)
         return response_type(request_id=admitted.task.request_id, choices=assembler.choices(),
                              **assembler.summary())
 

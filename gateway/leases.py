@@ -10,7 +10,11 @@ gateway watches the requests it is waiting for:
   draining) set; once its heartbeat is older than the liveness window the attempt is lost;
 - not started: with no live worker on the queue the caller hears UNAVAILABLE at once; a message
   that is neither in the queue nor started after a grace period was taken by a worker that died
-  before starting it, and is lost too.
+  before starting it, and is lost too;
+- attached, not started: a caller attached to a request another gateway claimed does not know
+  its message. The queueing script records the attempt in the request's claim (`queued`); an
+  attempt neither recorded there nor started within a liveness window was claimed by a gateway
+  that died before queueing it, and is lost.
 
 A lost attempt is re-published by the gateway under the next attempt number (`Dispatcher`).
 One pipelined round trip per check serves every request in flight.
@@ -27,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fleet_common import fair_queue
-from fleet_common.keys import draining_workers, live_workers
+from fleet_common.keys import attempt_started, draining_workers, live_workers, request_claim
 from fleet_common.task_message import ticket_message
 from gateway.request_run import NoLiveWorker, RequestRun, WorkerLost
 
@@ -76,7 +80,7 @@ class LeaseMonitor:
             replies = await pipe.execute()
         live = {q: {w.decode() for w in replies[2 * i]} for i, q in enumerate(queues)}
         draining = {q: {w.decode() for w in replies[2 * i + 1]} for i, q in enumerate(queues)}
-        unstarted = []
+        unstarted, attached = [], []
         for run in runs:
             if run.worker:
                 if run.worker not in live[run.queue] and run.worker not in draining[run.queue]:
@@ -85,10 +89,31 @@ class LeaseMonitor:
             elif not live[run.queue]:
                 if not self._wait_for_workers:
                     run.notify(NoLiveWorker(f"no live worker serves queue {run.queue}"))
-            elif time.monotonic() - run.queued_at > self._unstarted_grace_s and run.message:
-                unstarted.append(run)
+            elif time.monotonic() - run.queued_at > self._unstarted_grace_s:
+                if run.message:
+                    unstarted.append(run)
+                elif not run.queued_seen:
+                    attached.append(run)
         if unstarted:
             await self._check_still_queued(unstarted)
+        if attached:
+            await self._check_ever_queued(attached)
+
+    async def _check_ever_queued(self, runs: list[RequestRun]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                pipe.hget(request_claim(run.scope), "queued")
+                pipe.exists(attempt_started(run.scope, run.task.attempt))
+            replies = await pipe.execute()
+        now = time.monotonic()
+        for i, run in enumerate(runs):
+            queued, started = replies[2 * i], replies[2 * i + 1]
+            if started or (queued is not None and int(queued) >= run.task.attempt):
+                run.queued_seen = True
+            elif now - run.queued_at >= self._liveness_s:
+                run.notify(WorkerLost(f"attempt {run.task.attempt} was claimed but neither "
+                                      f"queued nor started within {self._liveness_s:.0f} s "
+                                      "(the gateway that claimed it stopped)"))
 
     async def _check_still_queued(self, runs: list[RequestRun]) -> None:
         """A message is taken off the queue and started within milliseconds on an idle worker,

@@ -36,6 +36,7 @@ class RequestRun:
     started: Started | None = None  # that STARTED event
     queued_at: float = field(default_factory=time.monotonic)
     unseen_since: float | None = None  # monotonic time the message was first found unqueued
+    queued_seen: bool = False  # an attached caller saw the attempt queued or started
     notified: bool = False  # a WorkerLost/NoLiveWorker for this attempt is on the feed
     finished: bool = False  # the FINAL of the awaited attempt was read
     left: bool = False  # this caller has given up its claim
@@ -54,7 +55,7 @@ class RequestRun:
         """Await `task`'s attempt from now on."""
         self.task, self.message, self.line = task, message, line
         self.worker, self.started, self.queued_at = "", None, time.monotonic()
-        self.unseen_since, self.notified = None, False
+        self.unseen_since, self.notified, self.queued_seen = None, False, False
 
     def notify(self, notice: WorkerLost | NoLiveWorker) -> None:
         if not self.notified and not self.finished:

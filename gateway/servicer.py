@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,22 +211,32 @@ class InferenceServicer(api_grpc.InferenceServiceServicer):
             yield assembler.on_event(event)
 
     @contextlib.asynccontextmanager
-    async def _until_final(self, admitted: _Admitted) -> AsyncIterator[None]:
+    async def _until_final(self, admitted: _Admitted, *,
+                           handing_over: Callable[[], bool] = lambda: False
+                           ) -> AsyncIterator[None]:
         """Leaving before the final event (client gone, deadline, error) cancels the request
-        wherever it is, queued or generating (unless other callers share it)."""
+        wherever it is, queued or generating (unless other callers share it). A cancel while
+        `handing_over()` leaves it running for the next caller under its id instead."""
         try:
             yield
+        except asyncio.CancelledError:
+            if handing_over():
+                await asyncio.shield(self._dispatcher.hand_over(admitted.run))
+            else:
+                await asyncio.shield(self._dispatcher.abandon(admitted.run))
+            raise
         except BaseException:
             await asyncio.shield(self._dispatcher.abandon(admitted.run))
             raise
         await self._dispatcher.finish(admitted.run)
 
-    async def run_to_final(self, admitted: _Admitted) -> ResultAssembler:
+    async def run_to_final(self, admitted: _Admitted, *,
+                           handing_over: Callable[[], bool] = lambda: False) -> ResultAssembler:
         """Waits for an admitted request's final event; its assembler holds the answer."""
         assembler = ResultAssembler(admitted.task.request_id, admitted.served.model,
                                     admitted.task.sampling.n, received=admitted.received,
                                     streaming=False)
-        async with self._until_final(admitted):
+        async with self._until_final(admitted, handing_over=handing_over):
             async for _ in self._events(admitted, assembler):
                 pass
         return assembler

@@ -375,6 +375,21 @@ class JobStore:
                         .values(lease_expires_at=now + lease)).rowcount
         return renewed
 
+    def release_leases(self, owner: str, keys: Sequence[tuple[str, int]]) -> int:
+        """Ends the owner's live leases on these items now, for a gateway stopping gracefully:
+        any gateway leases them again at once (as redelivered, the next attempt) rather than
+        after the lease lapses. Returns how many were released."""
+        now = self._now()
+        released = 0
+        with self._write() as db:
+            for job_id, group in groupby(sorted(set(keys)), key=lambda key: key[0]):
+                indexes = [index for _, index in group]
+                for chunk in _chunks(_lockable_leases(db, owner, job_id, indexes, now)):
+                    released += db.execute(update(JobItemRow).where(
+                        JobItemRow.job_id == job_id, JobItemRow.item_index.in_(chunk))
+                        .values(lease_expires_at=now)).rowcount
+        return released
+
     def finish_item(self, job_id: str, index: int, *, attempt: int, state: ItemState,
                     result: bytes | None = None, error_code: int | None = None,
                     error_message: str = "") -> bool:

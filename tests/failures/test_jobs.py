@@ -1,8 +1,8 @@
 """Batch jobs through real processes: a gateway with JobService on the registry's database, the
 package's two vLLM workers, Redis. Every item's result equals the same request made as a unary
 call; a 1,000-item batch through two worker SIGKILLs and a gateway SIGKILL still gives every
-custom_id exactly one result, each equal to the unary answer (a batch through a Redis crash
-should too; quarantined, see its marker); a cancelled job starts no item
+custom_id exactly one result, each equal to the unary answer, and so does a batch through a
+gateway SIGKILL or a Redis crash that loses every key; a cancelled job starts no item
 after CancelJob returns; a job's end is POSTed as a signed Standard Webhooks event to a
 receiver that fails twice first, and a webhook to a private address is refused; a tenant sees
 only its own jobs; a job never has more than its window of items in the queues."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from pytest_httpserver import HTTPServer
+from redis import Redis
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
@@ -29,6 +31,7 @@ from codellama.fleet.v1 import job_service_pb2 as jobs
 from codellama.fleet.v1.inference_service_pb2_grpc import InferenceServiceStub
 from codellama.fleet.v1.job_service_pb2_grpc import JobServiceStub
 from fleet_cli.processes import ManagedProcess, start_gateway
+from fleet_common.keys import attempt_started, request_scope
 from model_registry.database import open_engine
 from model_registry.jobs import ItemState, JobStore
 from tests.e2e.fleet_harness import Fleet
@@ -209,13 +212,6 @@ def test_a_cancelled_job_stops_and_keeps_what_ended(fleet: Fleet, gateway: JobGa
     assert len(ever_run) == c.running + c.succeeded + c.failed, (ever_run, c)
 
 
-@pytest.mark.xfail(strict=False, reason="QUARANTINED 2026-12-02 (CI of a2e48e2, 19:14): a real "
-                   "defect. The SIGKILL landed after the killed gateway claimed item 0 but before "
-                   "it put the item in its waiting line; the new gateway attached to the claim "
-                   "('attached to its running or finished generation (attempt 1)') and waited for "
-                   "an attempt that was never queued, past the test's 240 s. Fix: claim and "
-                   "enqueue in one Redis script, or re-run an attached attempt that neither "
-                   "waits nor started within a liveness window")
 def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Fleet) -> None:
     ensure_workers(fleet)
     first = _start(fleet)
@@ -248,13 +244,50 @@ def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Flee
             second.process.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="QUARANTINED 2026-12-02 (CI of a2e48e2, 19:18): a real "
-                   "defect this new test found. Redis lost every key; the job runner re-ran the "
-                   "item as a new request, which claimed attempt 1 again, while the worker still "
-                   "generating the old attempt 1 reconnected and went on writing into the new "
-                   "stream: the item's result held 315 tokens (the first 15 twice) and said OK. "
-                   "Fix: a fencing token per run (the attempt marker's value) checked by every "
-                   "stream write, so a writer whose marker is gone or not its own stops")
+def test_a_gracefully_stopped_gateway_hands_its_running_items_over(fleet: Fleet) -> None:
+    """SIGTERM, not SIGKILL: the stopping gateway leaves its items' generations running and
+    ends their leases; the next gateway attaches to them, so every item is generated once
+    (one attempt marker each) and each result is the unary answer."""
+    ensure_workers(fleet)
+    first = _start(fleet)
+    second = None
+    try:
+        job = first.jobs().SubmitBatch(jobs.SubmitBatchRequest(
+            items=[_item(f"h{i}", f"h{i} = ", 300) for i in range(4)]), metadata=A,
+            timeout=30).job
+        deadline = time.monotonic() + 120
+        while first.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
+                                  timeout=10).job.counts.running == 0:
+            assert time.monotonic() < deadline, "no item started"
+            time.sleep(0.05)
+        first.process.stop()
+        assert first.process.process.returncode == 0
+        assert re.search(r"handed [12] running job items over", _log(first)), first.process.log_tail()
+        second = _start(fleet)
+        final = _wait_ended(second.jobs(), job.job_id)[-1]
+        assert final.state == jobs.JOB_STATE_SUCCEEDED, final
+        results = _results(second.jobs(), job.job_id)
+        assert [r.index for r in results] == list(range(4))
+        redis = Redis.from_url(fleet.redis_url)
+        for r in results:
+            scope = request_scope("tenant-a", f"{job.job_id}.{r.index}")
+            markers = redis.keys(attempt_started(scope, 0).removesuffix("#0") + "#*")
+            assert len(markers) == 1, (r.index, markers)
+            direct = second.inference().Complete(api.CompleteRequest(
+                model=MODEL, prompt=f"h{r.index} = ", sampling=pb.SamplingParams(
+                    max_tokens=300, temperature=0.0, ignore_eos=True)), metadata=A, timeout=60)
+            assert list(r.complete.choices[0].token_ids) == list(direct.choices[0].token_ids)
+        redis.close()
+    finally:
+        first.process.stop()
+        if second is not None:
+            second.process.stop()
+
+
+def _log(gateway: JobGateway) -> str:
+    return gateway.process.log_path.read_text(errors="replace")
+
+
 def test_a_job_outlives_a_redis_crash_with_one_result_per_item(
         fleet: Fleet, gateway: JobGateway, failures_redis: RedisServer | None) -> None:
     """Redis is SIGKILLed (no persistence: every queue, line and result stream is lost) while

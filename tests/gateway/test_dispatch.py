@@ -43,7 +43,7 @@ from fleet_common.wire import (
     event_fields,
 )
 from gateway.dispatch import MAX_ATTEMPTS, Dispatcher
-from gateway.request_claims import fingerprint
+from gateway.request_claims import ClaimKind, RequestClaims, fingerprint
 from gateway.request_run import RequestRun
 from gateway.result_feeds import ResultFeed
 
@@ -360,3 +360,71 @@ async def test_waiting_for_workers_a_request_to_an_empty_queue_waits_for_the_fir
         await dispatcher.finish(run)
     finally:
         await dispatcher.aclose()
+
+
+async def test_an_attempt_claimed_by_a_gateway_that_died_before_queueing_it_is_re_run(
+        redis: Redis, queue: str) -> None:
+    """A gateway claimed the request id and died before putting the attempt in its line; a
+    caller attached to that claim (the same request sent again, a job runner resuming) would
+    wait for an attempt no worker will ever see. Within a liveness window it re-runs it."""
+    dispatcher = Dispatcher(redis, worker_liveness_s=1.0, lease_check_s=0.05)
+    dispatcher.start()
+    try:
+        await _live(redis, queue, age_s=-60)  # a heartbeat that stays fresh for the test
+        task = _task()
+        claim = await RequestClaims(redis).claim(
+            _scope(task), fingerprint(task, caller_seed=None), 60)  # the dead gateway's
+        assert claim.kind is ClaimKind.NEW
+        run = await _submit(dispatcher, task, queue)
+        assert run.task.attempt == 1 and await _queued_tasks(redis, queue) == []
+        events = dispatcher.events(run)
+        first = asyncio.ensure_future(anext(events))
+        deadline = time.monotonic() + 10
+        while not (queued := await _queued_tasks(redis, queue)):
+            assert time.monotonic() < deadline, "the unqueued attempt was never re-run"
+            await asyncio.sleep(0.05)
+        assert [t.attempt for t in queued] == [2]
+        await _write(redis, task, _started(2), _final(2))
+        assert (await asyncio.wait_for(first, 10)).WhichOneof("event") == "started"
+        await events.aclose()
+        await dispatcher.finish(run)
+    finally:
+        await dispatcher.aclose()
+
+
+async def test_an_attached_caller_leaves_a_queued_attempt_alone(redis: Redis, queue: str) -> None:
+    """The other side: an attempt its gateway did queue waits in line as long as it must; the
+    attached caller does not re-run it."""
+    owner = Dispatcher(redis, worker_liveness_s=1.0, lease_check_s=60)
+    attached = Dispatcher(redis, worker_liveness_s=1.0, lease_check_s=0.05)
+    owner.start()
+    attached.start()
+    try:
+        await _live(redis, queue, age_s=-60)
+        task = _task()
+        owners_run = await _submit(owner, task, queue)
+        run = await _submit(attached, task, queue)
+        await asyncio.sleep(2.5)  # past the grace and the liveness window, fifty checks
+        assert [t.attempt for t in await _queued_tasks(redis, queue)] == [1]
+        assert not run.notified and run.queued_seen
+        await attached.abandon(run)
+        await owner.abandon(owners_run)
+    finally:
+        await attached.aclose()
+        await owner.aclose()
+
+
+async def test_a_handed_over_request_runs_on_and_the_next_caller_attaches(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    await dispatcher.hand_over(run)
+    assert await redis.get(cancelled_flag(_scope(task))) is None
+    again = await _submit(dispatcher, task, queue)
+    assert again.task.attempt == 1
+    assert [t.attempt for t in await _queued_tasks(redis, queue)] == [1]
+    await _write(redis, task, _started(1), _final(1))
+    assert [e.WhichOneof("event") for e in await _all_events(dispatcher, again)] == [
+        "started", "final"]
+    await dispatcher.finish(again)

@@ -57,6 +57,7 @@ class ScriptedDispatcher:
     def __init__(self) -> None:
         self.submitted: list[GenerationTask] = []
         self.abandoned: list[str] = []
+        self.handed_over: list[str] = []
         self.running = 0
         self.most_running = 0
         self.hold = False
@@ -95,6 +96,9 @@ class ScriptedDispatcher:
 
     async def abandon(self, run: RequestRun) -> None:
         self.abandoned.append(run.task.request_id)
+
+    async def hand_over(self, run: RequestRun) -> None:
+        self.handed_over.append(run.task.request_id)
 
     async def live_worker_count(self, queue: str) -> int:
         return 1
@@ -274,9 +278,11 @@ async def test_an_unavailable_fleet_is_retried_and_a_refusal_fails_the_item(
     assert result.error_message == "sampling.max_tokens: must be at most 1"
 
 
-async def test_the_items_of_a_stopped_gateway_run_again_on_another(service: Jobs) -> None:
+async def test_a_stopping_gateway_hands_its_running_items_to_the_next(service: Jobs) -> None:
+    """A graceful stop leaves the item's generation running (hand-over, not a cancel) and ends
+    its lease at once: the next gateway takes it without waiting the 30 s lease out."""
     service.dispatcher.hold = True
-    first = service.runner("gw-1", lease_s=3)
+    first = service.runner("gw-1", lease_s=30)
     job = (await service.stub.SubmitJob(jobs.SubmitJobRequest(request=_item("g").request),
                                         metadata=A)).job
     async with asyncio.timeout(10):
@@ -284,13 +290,15 @@ async def test_the_items_of_a_stopped_gateway_run_again_on_another(service: Jobs
             await asyncio.sleep(0.01)
     await first.aclose()
     service.runners.remove(first)
+    rid = f"{job.job_id}.0"
+    assert service.dispatcher.handed_over == [rid] and service.dispatcher.abandoned == []
     service.dispatcher.hold = False
-    began = time.monotonic()
-    service.runner("gw-2", lease_s=3)
-    final = await _ended(service, job.job_id)
+    service.runner("gw-2", lease_s=30)
+    async with asyncio.timeout(10):
+        final = await _ended(service, job.job_id)
     assert final.state == jobs.JOB_STATE_SUCCEEDED and final.counts.succeeded == 1
-    assert time.monotonic() - began >= 1.0, "taken again before the first lease lapsed"
-    assert [t.request_id for t in service.dispatcher.submitted] == [f"{job.job_id}.0"] * 2
+    assert [t.request_id for t in service.dispatcher.submitted] == [rid] * 2
+    assert [r.attempts for r in service.store.results("acme", job.job_id)] == [2]
 
 
 async def test_jobs_are_the_tenants_own_and_refusals_name_the_field(service: Jobs) -> None:

@@ -98,6 +98,9 @@ class FakeDispatcher:
         self.abandoned.append(run.task)
         self.abandon_called.set()
 
+    async def hand_over(self, run: RequestRun) -> None:
+        raise AssertionError("only a stopping job runner hands a request over")
+
     async def live_worker_count(self, queue: str) -> int:
         return 1
 

@@ -317,6 +317,19 @@ def test_renewed_leases_are_not_redelivered(jobs: JobStore, clock: Clock) -> Non
     assert jobs.renew_leases("gw-a", keys(held), LEASE) == 0  # expired: lost
 
 
+def test_released_leases_are_leased_again_at_once_as_the_next_attempt(
+        jobs: JobStore, clock: Clock) -> None:
+    create(jobs, 3)
+    held = lease(jobs, "gw-a")
+    assert jobs.release_leases("gw-b", keys(held)) == 0  # not its leases
+    assert jobs.release_leases("gw-a", keys(held[:2]) + [("job_unknown", 0)]) == 2
+    again = lease(jobs, "gw-b")
+    assert keys(again) == keys(held[:2])
+    assert {(i.attempts, i.lease_owner) for i in again} == {(2, "gw-b")}
+    assert not succeed(jobs, held[0], b"from the stopped gateway")
+    assert jobs.renew_leases("gw-a", keys(held), LEASE) == 1  # the one it kept
+
+
 def tenants(items: list[ItemRecord]) -> list[str]:
     return [item.tenant for item in items]
 

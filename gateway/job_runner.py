@@ -160,7 +160,12 @@ class JobRunner:
                 "fleet.tenant": item.tenant, "fleet.attempt": item.attempts}):
             key = (item.job_id, item.index)
             try:
-                state, result, code, message = await self._answer(item)
+                answer = await self._answer(item)
+                if answer is None:  # the job's window closed while the item ran
+                    for job in await asyncio.to_thread(self._store.expire_due):
+                        log.info("job %s expired at %s", job.id, job.expires_at.isoformat())
+                    return
+                state, result, code, message = answer
             except asyncio.CancelledError:
                 if key not in self._stopped_for_job:
                     raise  # this gateway is stopping: the lease lapses, another runs it
@@ -177,9 +182,11 @@ class JobRunner:
                          "lease)", item.job_id, item.index, item.attempts)
 
     async def _answer(self, item: ItemRecord
-                      ) -> tuple[ItemState, bytes | None, int | None, str]:
-        """The item's end: (state, serialized response, gRPC code number, message). Failures
-        a later try may not meet (UNAVAILABLE, RESOURCE_EXHAUSTED) are retried in place."""
+                      ) -> tuple[ItemState, bytes | None, int | None, str] | None:
+        """The item's end: (state, serialized response, gRPC code number, message), or None
+        when the job's completion window closed first (the item expires with its job, as the
+        job's unfinished items do). Failures a later try may not meet (UNAVAILABLE,
+        RESOURCE_EXHAUSTED) are retried in place."""
         request = jobs_api.JobRequest.FromString(item.request)
         kind = request.WhichOneof("request")
         response_type, prompt_input_of = _KINDS[kind]
@@ -198,8 +205,9 @@ class JobRunner:
                          exc, wait)
                 await asyncio.sleep(wait)
             except DeadlineExceeded as exc:  # the call's deadline; the job's window may remain
-                if attempt + 1 == self._settings.max_attempts or \
-                        time.time() >= item.expires_at.timestamp():
+                if time.time() >= item.expires_at.timestamp():
+                    return None
+                if attempt + 1 == self._settings.max_attempts:
                     return _failed(exc)
             except FleetError as exc:
                 return _failed(exc)

@@ -416,3 +416,27 @@ def test_a_job_end_is_posted_as_a_signed_standard_webhook(fleet: Fleet, gateway:
             timeout=10)
     assert internal.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "internal address 10.0.0.1" in internal.value.details()
+
+
+@pytest.mark.long
+def test_an_expired_job_keeps_the_results_it_finished(gateway: JobGateway) -> None:
+    """A one-minute window over more work than a minute holds: the job ends EXPIRED, the items
+    that finished keep their full results, the rest (running ones too) end EXPIRED without one,
+    and every item has exactly one end."""
+    stub = gateway.jobs()
+    job = stub.SubmitBatch(jobs.SubmitBatchRequest(
+        settings=jobs.JobSettings(completion_window_s=60),
+        items=[_item(f"e{i}", f"e{i} = ", 300) for i in range(100)]), metadata=A,
+        timeout=30).job
+    final = _wait_ended(stub, job.job_id, timeout=180)[-1]
+    assert final.state == jobs.JOB_STATE_EXPIRED, final
+    assert final.counts.succeeded >= 2 and final.counts.expired >= 1, final.counts
+    assert final.counts.succeeded + final.counts.expired == 100, final.counts
+    results = _results(stub, job.job_id)
+    assert [r.index for r in results] == list(range(100))
+    finished = [r for r in results if r.state == jobs.ITEM_STATE_SUCCEEDED]
+    assert len(finished) == final.counts.succeeded
+    assert all(r.complete.usage.completion_tokens == 300 for r in finished)
+    expired = [r for r in results if r.state == jobs.ITEM_STATE_EXPIRED]
+    assert len(expired) == final.counts.expired and not any(r.HasField("complete")
+                                                            for r in expired)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -37,7 +39,7 @@ from gateway.servicer import InferenceServicer
 from gateway.settings import GatewaySettings
 from gateway.tenant_policies import TenantPolicies
 from model_registry.database import migrate, open_engine
-from model_registry.jobs import JobStore
+from model_registry.jobs import ItemState, JobState, JobStore, NewItem
 from model_registry.records import TenantPolicy
 from tests.support.model_directory import tiny_model_directory
 
@@ -81,7 +83,12 @@ class ScriptedDispatcher:
             yield StreamEvent(attempt=1, started=Started(worker="w", pool="7b",
                                                          model_version="v1"))
             if self.hold:
-                await self.released.wait()
+                try:
+                    async with asyncio.timeout(run.task.deadline_unix - time.time()):
+                        await self.released.wait()
+                except TimeoutError:
+                    raise DeadlineExceeded(f"request {run.task.request_id} did not finish "
+                                           "within its deadline") from None
             yield StreamEvent(attempt=1, delta=Delta(choices=[pb.ChoiceDelta(
                 token_ids=[7, 8, 9], text="abc")]))
             yield StreamEvent(attempt=1, final=Final(
@@ -397,6 +404,29 @@ async def test_the_fleet_job_commands_submit_watch_and_read_results(
     other = (await service.stub.GetWebhookSecret(jobs.GetWebhookSecretRequest(),
                                                  metadata=B)).secret
     assert other.startswith("whsec_") and other != service.store.webhook_secret("acme")
+
+
+async def test_an_item_running_when_its_jobs_window_closes_expires_with_the_job(
+        service: Jobs) -> None:
+    """The call's deadline is the window's end; reaching it is the job expiring, not the item
+    failing: the item ends EXPIRED (DEADLINE_EXCEEDED), the finished one keeps its result."""
+    service.runner("gw-1")
+    request = _item("x").request.SerializeToString()
+    job = service.store.create_job("acme", [NewItem("done", "complete", request)], priority=1,
+                                   completion_window=timedelta(seconds=3))
+    async with asyncio.timeout(10):
+        while service.store.get_job("acme", job.id).counts.get(ItemState.SUCCEEDED, 0) < 1:
+            await asyncio.sleep(0.02)
+    service.dispatcher.hold = True
+    late = service.store.create_job("acme", [NewItem("late", "complete", request)],
+                                    priority=1, completion_window=timedelta(seconds=1))
+    async with asyncio.timeout(10):
+        while service.store.get_job("acme", late.id).state != JobState.EXPIRED:
+            await asyncio.sleep(0.02)
+    [result] = service.store.results("acme", late.id)
+    assert (result.state, result.error_code) == (ItemState.EXPIRED, 4), result
+    [kept] = service.store.results("acme", job.id)
+    assert kept.state == ItemState.SUCCEEDED and kept.result
 
 
 async def test_a_call_deadline_is_retried_and_a_bug_fails_the_item_internal(

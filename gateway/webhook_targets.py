@@ -12,14 +12,20 @@ elsewhere at connect time (DNS rebinding) is not followed there. Redirects are n
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 _CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
 _RESOLVE_TIMEOUT_S = 5.0
+# Lookups run on threads of their own. A resolver that hangs holds a thread past the timeout
+# (getaddrinfo cannot be interrupted); on the loop's default executor (6 threads on 2 cores)
+# a few such lookups would stall the job store's calls and the gateway's tokenization there.
+_LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
 
 
 def _internal(address: str) -> bool:
@@ -56,8 +62,9 @@ async def resolve(url: str, allowed_hosts: Collection[str]) -> Target:
         return Target("has an invalid port")
     try:
         async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
-            found = await asyncio.get_running_loop().getaddrinfo(host, port,
-                                                                 type=socket.SOCK_STREAM)
+            found = await asyncio.get_running_loop().run_in_executor(
+                _LOOKUPS, functools.partial(socket.getaddrinfo, host, port,
+                                            type=socket.SOCK_STREAM))
     except TimeoutError:
         return Target(f"host {host!r} did not resolve within {_RESOLVE_TIMEOUT_S:g} s")
     except (socket.gaierror, UnicodeError) as exc:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+
 import pytest
 
+from gateway import webhook_targets
 from gateway.webhook_targets import refusal
 
 
@@ -34,3 +39,30 @@ async def test_an_allowlisted_host_may_be_internal_and_plain_http() -> None:
     assert await refusal("http://127.0.0.1:8080/hook", ("127.0.0.1",)) == ""
     assert await refusal("https://10.1.2.3/hook", ("10.1.2.3",)) == ""
     assert "internal address" in await refusal("https://10.1.2.4/hook", ("10.1.2.3",))
+
+
+async def test_hanging_lookups_time_out_without_holding_the_default_executor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resolver that never answers: each check gives up after its timeout, and while the
+    lookups still hang, work sent to the loop's default executor (the job store's calls) runs
+    at once."""
+    release = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        if host == "hangs.example":
+            release.wait(30)
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(webhook_targets, "_RESOLVE_TIMEOUT_S", 0.3)
+    try:
+        hanging = [asyncio.ensure_future(refusal("https://hangs.example/hook", ()))
+                   for _ in range(8)]
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(2):
+            assert await asyncio.to_thread(lambda: "store call") == "store call"
+        for reason in await asyncio.gather(*hanging):
+            assert "did not resolve within 0.3 s" in reason
+    finally:
+        release.set()

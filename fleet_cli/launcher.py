@@ -140,5 +140,8 @@ def run_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        print("stopping the fleet: gateway, then workers (draining), then Redis", flush=True)
+        try:
+            print("stopping the fleet: gateway, then workers (draining), then Redis", flush=True)
+        except OSError:  # whoever read our output is gone; the fleet must stop all the same
+            pass
         stop_in_drain_order(gateway, workers, redis_process)

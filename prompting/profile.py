@@ -15,6 +15,10 @@ class ChatFormat(StrEnum):
     HF_TEMPLATE = "hf-template"  # the checkpoint's own Jinja chat template (e.g. ChatML)
 
 
+_CHAT_FORMAT_VALUES = frozenset(f.value for f in ChatFormat)
+_ALLOWED_CHAT_FORMATS = ", ".join(f.value for f in ChatFormat)
+
+
 @dataclass(frozen=True)
 class PromptProfile:
     """`model` is the name users ask for (used in error messages). Every model can complete."""
@@ -46,14 +50,15 @@ class PromptProfile:
         supports_chat: bool,
         chat_template: str | None = None,
     ) -> PromptProfile:
-        """From a registry row: `chat_format` is "" or a ChatFormat value (ValueError otherwise)."""
-        allowed = ", ".join(f.value for f in ChatFormat)
-        if chat_format and chat_format not in {f.value for f in ChatFormat}:
-            raise ValueError(
-                f"model {model}: unknown chat_format {chat_format!r}; allowed: '' or {allowed}"
-            )
+        """From a registry row: `chat_format` is "" or a ChatFormat value (ValueError otherwise).
+        Called for every request the gateway builds: iterating an Enum costs more than the
+        rest, so the values are read once."""
+        if chat_format and chat_format not in _CHAT_FORMAT_VALUES:
+            raise ValueError(f"model {model}: unknown chat_format {chat_format!r}; allowed: '' "
+                             f"or {_ALLOWED_CHAT_FORMATS}")
         if supports_chat and not chat_format:
-            raise ValueError(f"model {model}: supports_chat needs a chat_format ({allowed})")
+            raise ValueError(f"model {model}: supports_chat needs a chat_format "
+                             f"({_ALLOWED_CHAT_FORMATS})")
         fmt = ChatFormat(chat_format) if supports_chat else None
         return cls(model=model, supports_infill=supports_infill, chat_format=fmt,
                    chat_template=chat_template or None)

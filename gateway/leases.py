@@ -14,7 +14,9 @@ gateway watches the requests it is waiting for:
 - attached, not started: a caller attached to a request another gateway claimed does not know
   its message. The queueing script records the attempt in the request's claim (`queued`); an
   attempt neither recorded there nor started within a liveness window was claimed by a gateway
-  that died before queueing it, and is lost.
+  that died before queueing it, and is lost; so is one recorded but not started while its
+  tenant's line stays empty (a worker took it and died). A started one's marker names its
+  worker, whose heartbeat is then watched.
 
 A lost attempt is re-published by the gateway under the next attempt number (`Dispatcher`).
 One pipelined round trip per check serves every request in flight.
@@ -100,20 +102,35 @@ class LeaseMonitor:
             await self._check_ever_queued(attached)
 
     async def _check_ever_queued(self, runs: list[RequestRun]) -> None:
+        """For callers attached to an attempt whose queue item they never saw. Started: the
+        marker names its worker, whose heartbeat is watched from then on, as for any started
+        attempt. Not started and either never queued or queued but with its tenant's line
+        empty (a worker took it): lost once that lasts a liveness window."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for run in runs:
                 pipe.hget(request_claim(run.scope), "queued")
-                pipe.exists(attempt_started(run.scope, run.task.attempt))
+                pipe.get(attempt_started(run.scope, run.task.attempt))
+                pipe.llen(fair_queue.tenant_line(run.queue, fair_queue.level_of(
+                    run.task.priority), run.task.tenant))
             replies = await pipe.execute()
         now = time.monotonic()
         for i, run in enumerate(runs):
-            queued, started = replies[2 * i], replies[2 * i + 1]
-            if started or (queued is not None and int(queued) >= run.task.attempt):
+            queued, marker, in_line = replies[3 * i], replies[3 * i + 1], replies[3 * i + 2]
+            if marker is not None:  # "<worker> <token>" (workers.generation)
                 run.queued_seen = True
-            elif now - run.queued_at >= self._liveness_s:
-                run.notify(WorkerLost(f"attempt {run.task.attempt} was claimed but neither "
-                                      f"queued nor started within {self._liveness_s:.0f} s "
-                                      "(the gateway that claimed it stopped)"))
+                run.worker = run.worker or marker.decode().split(" ", 1)[0]
+                continue
+            if queued is not None and int(queued) >= run.task.attempt and in_line:
+                run.unseen_since = None  # it may be waiting there
+                continue
+            if run.unseen_since is None:
+                run.unseen_since = now
+            elif now - run.unseen_since >= self._liveness_s:
+                where = ("was claimed but never queued (the gateway that claimed it stopped)"
+                         if queued is None or int(queued) < run.task.attempt else
+                         "left its line but no worker started it")
+                run.notify(WorkerLost(f"attempt {run.task.attempt} {where} within "
+                                      f"{self._liveness_s:.0f} s"))
 
     async def _check_still_queued(self, runs: list[RequestRun]) -> None:
         """A message is taken off the queue and started within milliseconds on an idle worker,

@@ -36,7 +36,7 @@ class RequestRun:
     started: Started | None = None  # that STARTED event
     queued_at: float = field(default_factory=time.monotonic)
     unseen_since: float | None = None  # monotonic time the message was first found unqueued
-    queued_seen: bool = False  # an attached caller saw the attempt queued or started
+    queued_seen: bool = False  # an attached caller found the attempt started (its marker)
     notified: bool = False  # a WorkerLost/NoLiveWorker for this attempt is on the feed
     finished: bool = False  # the FINAL of the awaited attempt was read
     left: bool = False  # this caller has given up its claim

@@ -25,6 +25,7 @@ from fleet_common.errors import (
 )
 from fleet_common.keys import (
     CANCEL_CHANNEL,
+    attempt_started,
     cancelled_flag,
     live_workers,
     request_claim,
@@ -406,9 +407,45 @@ async def test_an_attached_caller_leaves_a_queued_attempt_alone(redis: Redis, qu
         run = await _submit(attached, task, queue)
         await asyncio.sleep(2.5)  # past the grace and the liveness window, fifty checks
         assert [t.attempt for t in await _queued_tasks(redis, queue)] == [1]
-        assert not run.notified and run.queued_seen
+        assert not run.notified and run.unseen_since is None
         await attached.abandon(run)
         await owner.abandon(owners_run)
+    finally:
+        await attached.aclose()
+        await owner.aclose()
+
+
+@pytest.mark.parametrize("started_by_the_lost_worker", [False, True],
+                         ids=["taken-not-started", "started-no-event"])
+async def test_an_attached_caller_re_runs_an_attempt_lost_with_the_worker_that_took_it(
+        redis: Redis, queue: str, started_by_the_lost_worker: bool) -> None:
+    """The claiming gateway queued the attempt and is gone; a worker took it from the line and
+    died, before starting it (the line is empty, no marker) or after its marker but before its
+    STARTED event (the marker names a worker with no heartbeat). The attached caller re-runs."""
+    owner = Dispatcher(redis, worker_liveness_s=1.0, lease_check_s=60)
+    attached = Dispatcher(redis, worker_liveness_s=1.0, lease_check_s=0.05)
+    owner.start()
+    attached.start()
+    try:
+        await _live(redis, queue, age_s=-60)
+        task = _task()
+        await _submit(owner, task, queue)
+        run = await _submit(attached, task, queue)
+        line = fair_queue.tenant_line(queue, "normal", task.tenant)
+        assert await redis.rpop(line) is not None  # the worker's take
+        if started_by_the_lost_worker:
+            await redis.set(attempt_started(_scope(task), 1), "w-lost 1f2e", ex=60)
+        events = attached.events(run)
+        first = asyncio.ensure_future(anext(events))
+        deadline = time.monotonic() + 10
+        while not (queued := await _queued_tasks(redis, queue)):
+            assert time.monotonic() < deadline, "the lost attempt was never re-run"
+            await asyncio.sleep(0.05)
+        assert [t.attempt for t in queued] == [2]
+        await _write(redis, task, _started(2), _final(2))
+        assert (await asyncio.wait_for(first, 10)).WhichOneof("event") == "started"
+        await events.aclose()
+        await attached.finish(run)
     finally:
         await attached.aclose()
         await owner.aclose()

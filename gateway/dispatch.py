@@ -250,6 +250,11 @@ class Dispatcher:
                 item = await run.feed.next()
             if isinstance(item, FeedDeadline):
                 raise await self._deadline_error(run)
+            if isinstance(item, WorkerLost | NoLiveWorker) and item.attempt < run.task.attempt:
+                log.info("request %s: ignoring a notice about superseded attempt %d "
+                         "(awaiting %d): %s", run.scope, item.attempt, run.task.attempt,
+                         item.reason)
+                continue
             if isinstance(item, NoLiveWorker):
                 raise Unavailable(f"request {task.request_id} was not started: {item.reason}; "
                                   "retry later")

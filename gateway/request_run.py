@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fleet_common.keys import request_scope
 from fleet_common.wire import GenerationTask, Started
@@ -15,6 +15,7 @@ class WorkerLost:
     """Put on a run's feed when the attempt it waits for can no longer finish."""
 
     reason: str
+    attempt: int = 0  # the attempt it is about, stamped by `RequestRun.notify`
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class NoLiveWorker:
     """Put on a run's feed when its queue has no live worker left to start it."""
 
     reason: str
+    attempt: int = 0  # the attempt it is about, stamped by `RequestRun.notify`
 
 
 @dataclass(eq=False)
@@ -58,6 +60,9 @@ class RequestRun:
         self.unseen_since, self.notified, self.queued_seen = None, False, False
 
     def notify(self, notice: WorkerLost | NoLiveWorker) -> None:
+        """Puts `notice` on the feed, once per attempt. It names the attempt: an error event
+        read before it may already have moved the run on, and a notice about an attempt
+        that is no longer awaited must not re-run the next one."""
         if not self.notified and not self.finished:
             self.notified = True
-            self.feed.items.put_nowait(notice)  # type: ignore[arg-type]
+            self.feed.items.put_nowait(replace(notice, attempt=self.task.attempt))  # type: ignore[arg-type]

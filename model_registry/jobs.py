@@ -364,31 +364,26 @@ class JobStore:
                      lease: timedelta) -> int:
         """Extends the owner's live leases on these (job id, item index) keys; returns how many.
         An expired lease is lost (its item may be redelivered) and is not renewed."""
-        now = self._now()
-        renewed = 0
-        with self._write() as db:
-            for job_id, group in groupby(sorted(set(keys)), key=lambda key: key[0]):
-                indexes = [index for _, index in group]
-                for chunk in _chunks(_lockable_leases(db, owner, job_id, indexes, now)):
-                    renewed += db.execute(update(JobItemRow).where(
-                        JobItemRow.job_id == job_id, JobItemRow.item_index.in_(chunk))
-                        .values(lease_expires_at=now + lease)).rowcount
-        return renewed
+        return self._set_lease_expiry(owner, keys, lambda now: now + lease)
 
     def release_leases(self, owner: str, keys: Sequence[tuple[str, int]]) -> int:
         """Ends the owner's live leases on these items now, for a gateway stopping gracefully:
         any gateway leases them again at once (as redelivered, the next attempt) rather than
         after the lease lapses. Returns how many were released."""
+        return self._set_lease_expiry(owner, keys, lambda now: now)
+
+    def _set_lease_expiry(self, owner: str, keys: Sequence[tuple[str, int]],
+                          expiry: Callable[[datetime], datetime]) -> int:
         now = self._now()
-        released = 0
+        changed = 0
         with self._write() as db:
             for job_id, group in groupby(sorted(set(keys)), key=lambda key: key[0]):
                 indexes = [index for _, index in group]
                 for chunk in _chunks(_lockable_leases(db, owner, job_id, indexes, now)):
-                    released += db.execute(update(JobItemRow).where(
+                    changed += db.execute(update(JobItemRow).where(
                         JobItemRow.job_id == job_id, JobItemRow.item_index.in_(chunk))
-                        .values(lease_expires_at=now)).rowcount
-        return released
+                        .values(lease_expires_at=expiry(now))).rowcount
+        return changed
 
     def finish_item(self, job_id: str, index: int, *, attempt: int, state: ItemState,
                     result: bytes | None = None, error_code: int | None = None,

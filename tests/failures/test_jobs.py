@@ -212,19 +212,25 @@ def test_a_cancelled_job_stops_and_keeps_what_ended(fleet: Fleet, gateway: JobGa
     assert len(ever_run) == c.running + c.succeeded + c.failed, (ever_run, c)
 
 
+def _submit_and_wait_running(gateway: JobGateway, *, prefix: str, items: int) -> jobs.Job:
+    """A batch of 300-token greedy items, once one of them runs."""
+    job = gateway.jobs().SubmitBatch(jobs.SubmitBatchRequest(
+        items=[_item(f"{prefix}{i}", f"{prefix}{i} = ", 300) for i in range(items)]),
+        metadata=A, timeout=30).job
+    deadline = time.monotonic() + 120
+    while gateway.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
+                                timeout=10).job.counts.running == 0:
+        assert time.monotonic() < deadline, "no item started"
+        time.sleep(0.05)
+    return job
+
+
 def test_a_job_outlives_a_sigkilled_gateway_with_one_result_per_item(fleet: Fleet) -> None:
     ensure_workers(fleet)
     first = _start(fleet)
     second = None
     try:
-        job = first.jobs().SubmitBatch(jobs.SubmitBatchRequest(
-            items=[_item(f"k{i}", f"k{i} = ", 300) for i in range(6)]), metadata=A,
-            timeout=30).job
-        deadline = time.monotonic() + 120
-        while first.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
-                                  timeout=10).job.counts.running == 0:
-            assert time.monotonic() < deadline, "no item started"
-            time.sleep(0.05)
+        job = _submit_and_wait_running(first, prefix="k", items=6)
         os.kill(first.process.process.pid, signal.SIGKILL)
         first.process.process.wait(timeout=30)
         second = _start(fleet)
@@ -252,14 +258,7 @@ def test_a_gracefully_stopped_gateway_hands_its_running_items_over(fleet: Fleet)
     first = _start(fleet)
     second = None
     try:
-        job = first.jobs().SubmitBatch(jobs.SubmitBatchRequest(
-            items=[_item(f"h{i}", f"h{i} = ", 300) for i in range(4)]), metadata=A,
-            timeout=30).job
-        deadline = time.monotonic() + 120
-        while first.jobs().GetJob(jobs.GetJobRequest(job_id=job.job_id), metadata=A,
-                                  timeout=10).job.counts.running == 0:
-            assert time.monotonic() < deadline, "no item started"
-            time.sleep(0.05)
+        job = _submit_and_wait_running(first, prefix="h", items=4)
         first.process.stop()
         assert first.process.process.returncode == 0
         assert re.search(r"handed [12] running job items over", _log(first)), first.process.log_tail()

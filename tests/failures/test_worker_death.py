@@ -48,6 +48,20 @@ def _worker_of(fleet: Fleet, tenant: str, rid: str, timeout: float = 30,
     raise AssertionError(f"request {rid} never started")
 
 
+def _outcome(result: dict[str, object], caller: threading.Thread) -> str:
+    error = result.get("error")
+    state = "is still waiting" if caller.is_alive() else "has returned"
+    if isinstance(error, grpc.RpcError):
+        return f"{state}, last refused with {error.code().name}: {error.details()}"
+    return f"{state}, with {'an answer' if 'response' in result else 'no answer'}"
+
+
+def _gateway_log_tail(fleet: Fleet) -> str:
+    if fleet.gateway is None:
+        return "no gateway"
+    return "gateway log ends:\n" + fleet.gateway.log_tail(15)
+
+
 def _kill(fleet: Fleet, worker: str) -> float:
     os.killpg(fleet.workers[worker].process.pid, signal.SIGKILL)
     fleet.workers[worker].process.wait(timeout=30)
@@ -126,7 +140,12 @@ def test_a_unary_call_whose_worker_dies_gets_one_complete_answer(
 
     caller = threading.Thread(target=call)
     caller.start()
-    victim = _worker_of(fleet, "tenant-a", rid, generating=True)
+    try:
+        victim = _worker_of(fleet, "tenant-a", rid, generating=True)
+    except AssertionError as exc:
+        caller.join(timeout=1)
+        raise AssertionError(f"{exc}; the caller {_outcome(result, caller)}; "
+                             f"{_gateway_log_tail(fleet)}") from None
     killed_at = _kill(fleet, victim)
     client = redis.Redis.from_url(fleet.redis_url)
     first_attempt = [event_from_fields(f) for _, f in

@@ -45,7 +45,7 @@ from fleet_common.wire import (
 )
 from gateway.dispatch import MAX_ATTEMPTS, Dispatcher
 from gateway.request_claims import ClaimKind, RequestClaims, fingerprint
-from gateway.request_run import RequestRun
+from gateway.request_run import RequestRun, WorkerLost
 from gateway.result_feeds import ResultFeed
 
 # A stuck Redis call fails its test in a minute instead of holding the whole run.
@@ -229,6 +229,31 @@ async def test_an_unavailable_error_re_runs_the_request_as_the_next_attempt(
     await dispatcher.finish(run)
 
 
+async def test_a_worker_error_and_its_lost_heartbeat_re_run_the_attempt_once(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    """A SIGKILLed worker can both write UNAVAILABLE and stop its heartbeat: the lease
+    monitor's notice then sits on the feed behind the error and is about attempt 1, which the
+    error has already re-run (seen in a failures run, 2026-12-03 10:59: attempts 1 and 3)."""
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    await _write(redis, task, _started(1), _error(1, ErrorCode.ERROR_CODE_UNAVAILABLE))
+    async with asyncio.timeout(10):
+        while run.feed.items.qsize() < 2:
+            await asyncio.sleep(0.01)
+    run.notify(WorkerLost(f"worker {WORKER} stopped sending heartbeats while serving attempt 1"))
+    reading = asyncio.create_task(_all_events(dispatcher, run))
+    async with asyncio.timeout(10):
+        while await redis.llen(queue) < 2:
+            await asyncio.sleep(0.01)
+    await _write(redis, task, _started(2), _delta(2, 7), _final(2))
+    events = await reading
+    assert [(e.attempt, e.WhichOneof("event")) for e in events] == [
+        (1, "started"), (2, "started"), (2, "delta"), (2, "final")]
+    assert [t.attempt for t in await _queued_tasks(redis, queue)] == [1, 2], "one re-run"
+    await dispatcher.finish(run)
+
+
 async def test_a_re_run_waits_for_a_heartbeat_that_is_a_beat_late(
         dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
     await _live(redis, queue)
@@ -363,6 +388,23 @@ async def test_waiting_for_workers_a_request_to_an_empty_queue_waits_for_the_fir
         await dispatcher.aclose()
 
 
+async def _served_by_a_re_run(dispatcher: Dispatcher, redis: Redis, queue: str,
+                              run: RequestRun) -> None:
+    """The attached caller's lease checks re-queue the lost attempt as attempt 2 within ten
+    seconds, and the caller reads that attempt's events."""
+    events = dispatcher.events(run)
+    first = asyncio.ensure_future(anext(events))
+    deadline = time.monotonic() + 10
+    while not (queued := await _queued_tasks(redis, queue)):
+        assert time.monotonic() < deadline, "the lost attempt was never re-run"
+        await asyncio.sleep(0.05)
+    assert [t.attempt for t in queued] == [2]
+    await _write(redis, run.task, _started(2), _final(2))
+    assert (await asyncio.wait_for(first, 10)).WhichOneof("event") == "started"
+    await events.aclose()
+    await dispatcher.finish(run)
+
+
 async def test_an_attempt_claimed_by_a_gateway_that_died_before_queueing_it_is_re_run(
         redis: Redis, queue: str) -> None:
     """A gateway claimed the request id and died before putting the attempt in its line; a
@@ -378,17 +420,7 @@ async def test_an_attempt_claimed_by_a_gateway_that_died_before_queueing_it_is_r
         assert claim.kind is ClaimKind.NEW
         run = await _submit(dispatcher, task, queue)
         assert run.task.attempt == 1 and await _queued_tasks(redis, queue) == []
-        events = dispatcher.events(run)
-        first = asyncio.ensure_future(anext(events))
-        deadline = time.monotonic() + 10
-        while not (queued := await _queued_tasks(redis, queue)):
-            assert time.monotonic() < deadline, "the unqueued attempt was never re-run"
-            await asyncio.sleep(0.05)
-        assert [t.attempt for t in queued] == [2]
-        await _write(redis, task, _started(2), _final(2))
-        assert (await asyncio.wait_for(first, 10)).WhichOneof("event") == "started"
-        await events.aclose()
-        await dispatcher.finish(run)
+        await _served_by_a_re_run(dispatcher, redis, queue, run)
     finally:
         await dispatcher.aclose()
 
@@ -435,17 +467,7 @@ async def test_an_attached_caller_re_runs_an_attempt_lost_with_the_worker_that_t
         assert await redis.rpop(line) is not None  # the worker's take
         if started_by_the_lost_worker:
             await redis.set(attempt_started(_scope(task), 1), "w-lost 1f2e", ex=60)
-        events = attached.events(run)
-        first = asyncio.ensure_future(anext(events))
-        deadline = time.monotonic() + 10
-        while not (queued := await _queued_tasks(redis, queue)):
-            assert time.monotonic() < deadline, "the lost attempt was never re-run"
-            await asyncio.sleep(0.05)
-        assert [t.attempt for t in queued] == [2]
-        await _write(redis, task, _started(2), _final(2))
-        assert (await asyncio.wait_for(first, 10)).WhichOneof("event") == "started"
-        await events.aclose()
-        await attached.finish(run)
+        await _served_by_a_re_run(attached, redis, queue, run)
     finally:
         await attached.aclose()
         await owner.aclose()

@@ -6,7 +6,7 @@ import os
 import platform
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ def describe(repo: Path | None = None) -> dict[str, Any]:
         if commit and dirty:
             commit += " (with uncommitted changes)"
     return {
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "hostname": platform.node(),
         "cpu_model": _cpu_model(),
         "logical_cpus": os.cpu_count(),

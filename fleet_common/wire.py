@@ -13,7 +13,6 @@ from typing import Any
 from google.protobuf import json_format
 
 from codellama.fleet.internal.v1.generation_task_pb2 import GenerationTask, Sampling
-from codellama.fleet.v1.generation_pb2 import Priority
 from codellama.fleet.internal.v1.stream_event_pb2 import (
     Delta,
     Error,
@@ -22,6 +21,7 @@ from codellama.fleet.internal.v1.stream_event_pb2 import (
     Started,
     StreamEvent,
 )
+from codellama.fleet.v1.generation_pb2 import Priority
 
 __all__ = ["Delta", "Error", "ErrorCode", "Final", "GenerationTask", "Sampling", "Started",
            "StreamEvent", "event_fields", "event_from_fields", "task_from_json", "task_to_json"]

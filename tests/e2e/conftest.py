@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from prompting.modes import Mode
 from gateway.prompts import EnginePrompt, PromptBuilder, PromptInput
 from gateway.settings import Limits
 from model_registry.store import ServedModel
+from prompting.modes import Mode
 from tests.e2e.fleet_harness import Fleet, new_fleet
 from tests.support.redis_server import throwaway_redis
 from tests.support.vllm_reference import run_reference

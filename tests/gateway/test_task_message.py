@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 
@@ -26,7 +26,7 @@ def test_message_has_celerys_shape(redis_url: str) -> None:
     expires = time.time() + 60
     app = make_celery_app(redis_url, visibility_timeout_s=3600)
     app.send_task(GENERATE_TASK, args=({"x": [1, 2]},), queue=queue, task_id="celery-id",
-                  expires=datetime.fromtimestamp(expires, tz=timezone.utc))
+                  expires=datetime.fromtimestamp(expires, tz=UTC))
     theirs, their_body = _decode(client.rpop(queue))
     ours, our_body = _decode(task_message(GENERATE_TASK, "celery-id", ({"x": [1, 2]},), queue,
                                           expires_unix=expires, now_unix=time.time()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
@@ -13,7 +13,7 @@ from model_registry.store import RegistryStore
 
 
 def _populate_first_schema(engine: Engine, checkpoint_dir: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with engine.begin() as db:
         db.execute(text("INSERT INTO pools (name, tensor_parallel_size, description) VALUES "
                         "('7b', 1, 'one GPU'), ('34b', 2, 'two GPUs')"))

@@ -23,12 +23,10 @@ from fleet_common.keys import (
     result_stream,
 )
 from fleet_common.wire import (
-    Delta,
     ErrorCode,
     GenerationTask,
     Sampling,
     StreamEvent,
-    event_fields,
     event_from_fields,
 )
 from tests.support.fake_engine import FIRST_TOKEN_ID, FakeEngine, Script

@@ -12,7 +12,7 @@ Revises: 0001
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -102,7 +102,7 @@ def upgrade() -> None:
                                    server_default="migration-0002"))
 
     bind = op.get_bind()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     checkpoints = sa.table("checkpoints", *(sa.column(c) for c in (
         "id", "name", "directory", "source_repo", "format", "dtype", "quantization",
         "architecture", "vocab_size", "context_length", "tokenizer", "total_bytes",

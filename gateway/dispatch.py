@@ -367,7 +367,7 @@ class Dispatcher:
         try:
             async with asyncio.timeout(2.0):
                 left = await self._claims.leave(run.scope, forget=forget)
-                if cancel_if_last and left <= 0:
+                if cancel_if_last and left == 0:
                     await self.cancel(run)
         except (RedisError, OSError, TimeoutError):
             log.warning("request %s: could not %s", run.scope,

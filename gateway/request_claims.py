@@ -15,16 +15,21 @@ from enum import Enum
 
 from redis.asyncio import Redis
 
-from fleet_common.keys import request_claim
+from fleet_common.keys import cancelled_flag, request_claim
 from fleet_common.wire import GenerationTask
 
 # Attempt numbers are never reused for one scope, even after a claim is given up, so stale
 # entries of an earlier run in the stream, the cancel flag or a queue can never pass for the new
 # run's.
+# A claim made where none was (a new id, or one whose claim Redis lost) starts at attempt 1, so
+# a cancel flag left from before is not this run's and goes.
 _CLAIM = """
 local fingerprint = redis.call('HGET', KEYS[1], 'fingerprint')
 if not fingerprint or fingerprint == '' then
   local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
+  if attempt == 1 then
+    redis.call('DEL', KEYS[2])
+  end
   redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'attempt', attempt, 'callers', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {1, attempt}
@@ -48,12 +53,13 @@ if attempt == tonumber(ARGV[1]) then
 end
 return {attempt, 0}
 """
-# A caller leaves; returns how many remain attached. With `forget` and no one left the id is
-# freed, so it can run afresh (when the request did not end with a result); its attempt count
-# stays.
+# A caller leaves; returns how many remain attached, or -1 when the claim is gone (Redis lost
+# it): then there is nothing of this caller's left to cancel. With `forget` and no one left the
+# id is freed, so it can run afresh (when the request did not end with a result); its attempt
+# count stays.
 _LEAVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+  return -1
 end
 local left = redis.call('HINCRBY', KEYS[1], 'callers', -1)
 if left <= 0 and ARGV[1] == '1' then
@@ -98,7 +104,7 @@ class RequestClaims:
         self._leave = redis.register_script(_LEAVE)
 
     async def claim(self, scope: str, request_fingerprint: str, ttl_s: int) -> Claim:
-        kind, attempt = await self._claim(keys=[request_claim(scope)],
+        kind, attempt = await self._claim(keys=[request_claim(scope), cancelled_flag(scope)],
                                           args=[request_fingerprint, max(int(ttl_s), 1)])
         return Claim(ClaimKind(int(kind)), int(attempt))
 
@@ -109,4 +115,5 @@ class RequestClaims:
         return int(attempt), bool(advanced)
 
     async def leave(self, scope: str, *, forget: bool) -> int:
+        """How many callers remain attached; -1 when the claim is gone."""
         return int(await self._leave(keys=[request_claim(scope)], args=["1" if forget else "0"]))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -167,34 +169,55 @@ def test_requests_run_only_in_their_own_pool(fleet: Fleet) -> None:
 
 
 
-def test_continuous_batching_serves_8_requests_far_faster_than_8_in_turn(fleet: Fleet) -> None:
+def test_continuous_batching_runs_8_requests_in_one_engine_at_once(fleet: Fleet) -> None:
+    """Eight requests sent together run together: the worker's engine holds most of them at
+    once (its heartbeat reports vLLM's unfinished requests), not one after another. Times are
+    printed, not asserted: on a loaded 2-core box they say more about the box (CI of
+    2026-12-03 11:13: a 1.5x speed-up against 2.5x and more in other runs)."""
     stub = fleet.stub()
+    client = redis.Redis.from_url(fleet.redis_url)
 
     def one(i: int) -> float:
         started = time.perf_counter()
         response = stub.Complete(api.CompleteRequest(
             model=CHAT_7B, prompt=f"# task {i}\ndef solve():",
-            sampling=_sampling(96, ignore_eos=True)), timeout=120)
-        assert response.usage.completion_tokens == 96
+            sampling=_sampling(192, ignore_eos=True)), timeout=120)
+        assert response.usage.completion_tokens == 192
         return time.perf_counter() - started
 
-    def eight_at_once() -> float:
+    def most_held_while(work: Callable[[], object]) -> int:
+        held, done = [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                status = client.hgetall(worker_status("w-7b"))
+                held[0] = max(held[0], int(status.get(b"engine_requests", 0)))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            work()
+        finally:
+            done.set()
+            sampler.join(timeout=5)
+        return held[0]
+
+    time.sleep(_ENGINE_SPIN_AFTER_LAST_STEP_S)
+    one(0)  # warm-up
+    single = one(1)
+    timed: list[float] = []
+
+    def eight_at_once() -> None:
         with ThreadPoolExecutor(8) as pool:
             started = time.perf_counter()
             list(pool.map(one, range(8)))
-            return time.perf_counter() - started
+            timed.append(time.perf_counter() - started)
 
-    # Every engine of this 2-core box (one per pool here) spins for a second after its last
-    # step; the tests before this one used the other pools.
-    time.sleep(_ENGINE_SPIN_AFTER_LAST_STEP_S)
-    one(0)  # warm-up
-    rounds = [(min(one(1), one(2)), eight_at_once()) for _ in range(3)]
-    # Best of three, as benchmarks take it: what the box's noise adds is never less than zero.
-    single = min(s for s, _ in rounds)
-    concurrent = min(c for _, c in rounds)
-    print(f"\nbatching: 1 request {single:.3f} s, 8 concurrent {concurrent:.3f} s, "
-          f"speed-up {8 * single / concurrent:.1f}x; rounds {rounds}")
-    assert concurrent < 4 * single
+    held = most_held_while(eight_at_once)
+    print(f"\nbatching: 1 request {single:.3f} s, 8 concurrent {timed[0]:.3f} s, "
+          f"engine held {held} at once")
+    assert held >= 4, f"the engine held at most {held} of 8 concurrent requests at once"
 
 
 # A few representative refusals through the real gateway process; every validation case is

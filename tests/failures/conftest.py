@@ -57,6 +57,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, failures_redis_url: str,
         fleet.stop()
 
 
+@pytest.fixture(autouse=True)
+def redis_running_after_each_test(failures_redis: RedisServer | None) -> Iterator[None]:
+    """A test that kills the fleet's Redis and fails before starting it again must fail
+    alone, not every test after it (CI of 2026-12-03 11:26: nine tests refused for a Redis
+    left down)."""
+    yield
+    if failures_redis is not None and (failures_redis.process is None
+                                       or not failures_redis.process.alive()):
+        failures_redis.start()
+
+
 def ensure_workers(fleet: Fleet) -> None:
     """Restarts any of the two workers a test killed, so each test starts with both."""
     dead = [name for name in WORKERS if not fleet.workers[name].alive()]

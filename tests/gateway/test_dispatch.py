@@ -353,6 +353,40 @@ async def test_abandoning_flags_the_tenants_attempt_and_tells_the_workers(
     assert not await redis.exists(cancelled_flag(task.request_id))
 
 
+async def test_a_caller_leaving_after_redis_lost_the_claim_cancels_nothing(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    """A Redis crash loses the claim; the caller that then gives up must not flag the id as
+    cancelled, or the re-run under it (attempt 1 again) starts cancelled: a job item ended
+    OK with no tokens that way (CI of 2026-12-03 11:24)."""
+    await _live(redis, queue)
+    task = _task()
+    run = await _submit(dispatcher, task, queue)
+    await redis.delete(request_claim(_scope(task)), result_stream(_scope(task)))
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(CANCEL_CHANNEL)
+    await dispatcher.abandon(run)
+    assert await pubsub.get_message(timeout=0.5) is None, "a cancel for a claim that is gone"
+    await pubsub.aclose()
+    assert not await redis.exists(cancelled_flag(_scope(task)))
+    rerun = await _submit(dispatcher, task, queue)
+    assert rerun.task.attempt == 1
+    await dispatcher.abandon(rerun)
+
+
+async def test_a_claim_made_afresh_clears_a_cancel_flag_from_before(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    """A flag left from a lost history (set against the empty Redis a crash left, or outliving
+    an expired claim) would cancel the new attempt 1 before it starts."""
+    await _live(redis, queue)
+    task = _task()
+    await redis.set(cancelled_flag(_scope(task)), 1, ex=60)
+    run = await _submit(dispatcher, task, queue)
+    assert run.task.attempt == 1
+    assert not await redis.exists(cancelled_flag(_scope(task)))
+    await dispatcher.abandon(run)
+    assert await redis.get(cancelled_flag(_scope(task))) == b"1", "a real cancel still flags"
+
+
 async def test_abandon_with_redis_down_returns_quietly() -> None:
     down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     dispatcher = Dispatcher(down, worker_liveness_s=LIVENESS_S)

@@ -201,7 +201,8 @@ class Dispatcher:
                 f"options.request_id {task.request_id!r} is already used by a different "
                 "request; use a new id, or send the same request to get its result")
         attempt = _with_attempt(task, claim.attempt)
-        run = RequestRun(attempt, queue, pool, self._feeds.open(scope, task.deadline_unix))
+        run = RequestRun(attempt, queue, pool, self._feeds.open(scope, task.deadline_unix),
+                         epoch=claim.epoch)
         try:
             if claim.kind is ClaimKind.NEW:
                 await self._publish(run, attempt)
@@ -366,7 +367,7 @@ class Dispatcher:
         run.left = True
         try:
             async with asyncio.timeout(2.0):
-                left = await self._claims.leave(run.scope, forget=forget)
+                left = await self._claims.leave(run.scope, run.epoch, forget=forget)
                 if cancel_if_last and left == 0:
                     await self.cancel(run)
         except (RedisError, OSError, TimeoutError):

@@ -9,6 +9,7 @@ number of gateways.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from array import array
 from dataclasses import dataclass
 from enum import Enum
@@ -22,7 +23,8 @@ from fleet_common.wire import GenerationTask
 # entries of an earlier run in the stream, the cancel flag or a queue can never pass for the new
 # run's.
 # A claim made where none was (a new id, or one whose claim Redis lost) starts at attempt 1, so
-# a cancel flag left from before is not this run's and goes.
+# a cancel flag left from before is not this run's and goes. Each claim made gets an epoch of
+# its own, so a caller of an earlier claim under the id (one Redis lost) cannot leave this one.
 _CLAIM = """
 local fingerprint = redis.call('HGET', KEYS[1], 'fingerprint')
 if not fingerprint or fingerprint == '' then
@@ -30,15 +32,17 @@ if not fingerprint or fingerprint == '' then
   if attempt == 1 then
     redis.call('DEL', KEYS[2])
   end
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'attempt', attempt, 'callers', 1)
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'attempt', attempt, 'callers', 1,
+             'epoch', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return {1, attempt}
+  return {1, attempt, ARGV[3]}
 end
 if fingerprint ~= ARGV[1] then
-  return {0, 0}
+  return {0, 0, ''}
 end
 redis.call('HINCRBY', KEYS[1], 'callers', 1)
-return {2, tonumber(redis.call('HGET', KEYS[1], 'attempt'))}
+return {2, tonumber(redis.call('HGET', KEYS[1], 'attempt')),
+        redis.call('HGET', KEYS[1], 'epoch') or ''}
 """
 # Moves the request to the next attempt unless another gateway already did; returns the
 # attempt now current and whether this caller made it so (and must publish it).
@@ -53,12 +57,13 @@ if attempt == tonumber(ARGV[1]) then
 end
 return {attempt, 0}
 """
-# A caller leaves; returns how many remain attached, or -1 when the claim is gone (Redis lost
-# it): then there is nothing of this caller's left to cancel. With `forget` and no one left the
-# id is freed, so it can run afresh (when the request did not end with a result); its attempt
-# count stays.
+# A caller leaves; returns how many remain attached, or -1 when its claim is gone (Redis lost
+# it, and the id may since have been claimed again under another epoch): then there is nothing
+# of this caller's left to cancel. With `forget` and no one left the id is freed, so it can run
+# afresh (when the request did not end with a result); its attempt count stays.
 _LEAVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if redis.call('EXISTS', KEYS[1]) == 0 or (epoch and epoch ~= ARGV[2]) then
   return -1
 end
 local left = redis.call('HINCRBY', KEYS[1], 'callers', -1)
@@ -79,6 +84,7 @@ class ClaimKind(Enum):
 class Claim:
     kind: ClaimKind
     attempt: int
+    epoch: str = ""  # names this claim of the id (not kept across a Redis loss)
 
 
 def fingerprint(task: GenerationTask, *, caller_seed: int | None) -> str:
@@ -104,9 +110,11 @@ class RequestClaims:
         self._leave = redis.register_script(_LEAVE)
 
     async def claim(self, scope: str, request_fingerprint: str, ttl_s: int) -> Claim:
-        kind, attempt = await self._claim(keys=[request_claim(scope), cancelled_flag(scope)],
-                                          args=[request_fingerprint, max(int(ttl_s), 1)])
-        return Claim(ClaimKind(int(kind)), int(attempt))
+        kind, attempt, epoch = await self._claim(
+            keys=[request_claim(scope), cancelled_flag(scope)],
+            args=[request_fingerprint, max(int(ttl_s), 1), uuid.uuid4().hex])
+        return Claim(ClaimKind(int(kind)), int(attempt),
+                     epoch.decode() if isinstance(epoch, bytes) else str(epoch))
 
     async def next_attempt(self, scope: str, current: int) -> tuple[int, bool]:
         """(the attempt now current, whether this caller advanced it and must publish it);
@@ -114,6 +122,7 @@ class RequestClaims:
         attempt, advanced = await self._next_attempt(keys=[request_claim(scope)], args=[current])
         return int(attempt), bool(advanced)
 
-    async def leave(self, scope: str, *, forget: bool) -> int:
-        """How many callers remain attached; -1 when the claim is gone."""
-        return int(await self._leave(keys=[request_claim(scope)], args=["1" if forget else "0"]))
+    async def leave(self, scope: str, epoch: str, *, forget: bool) -> int:
+        """How many callers remain attached to the claim `epoch` names; -1 when it is gone."""
+        return int(await self._leave(keys=[request_claim(scope)],
+                                     args=["1" if forget else "0", epoch]))

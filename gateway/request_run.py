@@ -32,6 +32,7 @@ class RequestRun:
     queue: str
     pool: str
     feed: ResultFeed
+    epoch: str = ""  # the claim of the request id this caller holds (request_claims)
     message: bytes = b""  # that attempt's waiting-line item, as published (found in `line`)
     line: str = ""  # the waiting line it was put in (fleet_common.fair_queue)
     worker: str = ""  # the worker serving that attempt, from its STARTED event

@@ -373,6 +373,25 @@ async def test_a_caller_leaving_after_redis_lost_the_claim_cancels_nothing(
     await dispatcher.abandon(rerun)
 
 
+async def test_a_caller_of_a_claim_redis_lost_cannot_leave_the_ids_new_claim(
+        dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
+    """After a Redis loss another caller may claim the id afresh (attempt 1 again) before the
+    first caller gives up: that caller's leaving must neither free nor cancel the new claim."""
+    await _live(redis, queue)
+    task = _task()
+    scope = _scope(task)
+    old = await _submit(dispatcher, task, queue)
+    await redis.delete(request_claim(scope))
+    new = await _submit(dispatcher, task, queue)
+    assert (new.task.attempt, new.epoch != old.epoch) == (1, True)
+    await dispatcher.abandon(old)
+    assert await redis.hmget(request_claim(scope), "callers", "fingerprint") == [
+        b"1", fingerprint(task, caller_seed=None).encode()]
+    assert not await redis.exists(cancelled_flag(scope))
+    await dispatcher.abandon(new)
+    assert await redis.get(cancelled_flag(scope)) == b"1"
+
+
 async def test_a_claim_made_afresh_clears_a_cancel_flag_from_before(
         dispatcher: Dispatcher, redis: Redis, queue: str) -> None:
     """A flag left from a lost history (set against the empty Redis a crash left, or outliving

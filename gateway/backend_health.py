@@ -1,10 +1,13 @@
 """A circuit breaker for the gateway's Redis: while Redis is known to be unreachable, new calls
 are refused with UNAVAILABLE at once, without a connection attempt on the request path.
 
-Redis is "down" from the first connection failure seen (refused, reset, closed: a probe's or a
-call's) or from the third probe in a row that timed out, until a probe succeeds. A single slow
-reply is not an outage: on a loaded machine a PING can take longer than the probe's timeout
-while Redis is fine, and refusing calls then would be a false alarm. The probe is a PING on a client of its own (one
+Redis is "down" from the first connection failure of a probe (refused, reset, closed) or from
+the third probe in a row that timed out, until a probe succeeds. A call's connection failure
+sends a probe at once rather than tripping the breaker itself: one pooled connection can be
+reset while Redis is fine (seen in the CI of 2026-12-03 11:26, where two calls were refused
+for a Redis that answered the next probe). A single slow reply is not an outage either: on a
+loaded machine a PING can take longer than the probe's timeout while Redis is fine, and
+refusing calls then would be a false alarm. The probe is a PING on a client of its own (one
 connection, short connect and reply timeouts), every `interval_s` whether Redis is up or down,
 so an outage is noticed even while no request is in flight and a recovery within one interval.
 A down-then-up transition drops the serving client's idle connections: after a Redis restart
@@ -43,6 +46,8 @@ class BackendHealth:
         self._last_error = ""
         self._timeouts_in_a_row = 0
         self._task: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[bool] | None = None  # a probe a call's failure asked for
+        self._probing = asyncio.Lock()  # the probe client has one connection
         self._closing = False
 
     @property
@@ -59,6 +64,9 @@ class BackendHealth:
             # redis-py can swallow a cancel that lands in a command; the loop then stops after
             # its current probe, as it sees `_closing`.
             await asyncio.wait({self._task}, timeout=self._interval_s + self._timeout_s + 1.0)
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.wait({self._checking}, timeout=self._timeout_s + 1.0)
         await self._probe.aclose()
 
     def check(self) -> None:
@@ -69,11 +77,24 @@ class BackendHealth:
         raise Unavailable(f"queue backend (Redis) unreachable for {down_for:.1f} s "
                           f"({self._last_error}); retry later")
 
-    def saw(self, exc: BaseException) -> None:
-        """Takes Redis to be down when `exc` (or what caused it) is a backend error."""
+    def saw(self, exc: BaseException) -> asyncio.Task[bool] | None:
+        """When `exc` (or what caused it) is a connection failure, probes Redis at once (the
+        task returned, or the one already on its way); the probe trips the breaker if Redis is
+        down."""
         cause = exc if isinstance(exc, BACKEND_ERRORS) else exc.__cause__
-        if isinstance(cause, BACKEND_ERRORS) and not isinstance(cause, SLOW_REPLIES):
-            self._trip(cause)
+        if not isinstance(cause, BACKEND_ERRORS) or isinstance(cause, SLOW_REPLIES) or \
+                self._down_since is not None or self._closing:
+            return None
+        if self._checking is None:
+            self._checking = asyncio.get_running_loop().create_task(
+                self._check_now(), name="backend-health-check")
+        return self._checking
+
+    async def _check_now(self) -> bool:
+        try:
+            return await self.probe_once()
+        finally:
+            self._checking = None
 
     def _trip(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
@@ -84,6 +105,13 @@ class BackendHealth:
 
     async def probe_once(self) -> bool:
         """One PING; updates the state and returns whether Redis answered."""
+        if self._probing.locked():  # a probe is on the wire; it decides
+            async with self._probing:
+                return self._down_since is None
+        async with self._probing:
+            return await self._probe_unlocked()
+
+    async def _probe_unlocked(self) -> bool:
         try:
             await self._probe.ping()
         except BACKEND_ERRORS as exc:

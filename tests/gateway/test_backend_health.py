@@ -179,13 +179,19 @@ async def test_only_backend_errors_trip_the_breaker(server: RedisServer) -> None
     try:
         health.saw(Unavailable("no live worker serves tiny@v1"))
         assert health.up
-        try:
+        with pytest.raises(Unavailable) as refused:
             raise Unavailable("queue backend unreachable") from RedisConnectionError("refused")
-        except Unavailable as exc:
-            health.saw(exc)
+        probe = health.saw(refused.value)
+        assert probe is not None, "a call's connection failure sends a probe"
+        assert await probe
+        assert health.up, "one reset connection while Redis answers is not an outage"
+        server.kill()
+        probe = health.saw(refused.value)
+        assert probe is not None and not await probe
         assert not health.up
-        with pytest.raises(Unavailable, match="ConnectionError: refused"):
+        with pytest.raises(Unavailable, match=r"unreachable for .*\(ConnectionError"):
             health.check()
+        server.start()
         assert await health.probe_once()
         assert health.up
         health.check()

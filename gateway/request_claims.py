@@ -19,12 +19,12 @@ from redis.asyncio import Redis
 from fleet_common.keys import cancelled_flag, request_claim
 from fleet_common.wire import GenerationTask
 
-# Attempt numbers are never reused for one scope, even after a claim is given up, so stale
-# entries of an earlier run in the stream, the cancel flag or a queue can never pass for the new
-# run's.
-# A claim made where none was (a new id, or one whose claim Redis lost) starts at attempt 1, so
-# a cancel flag left from before is not this run's and goes. Each claim made gets an epoch of
-# its own, so a caller of an earlier claim under the id (one Redis lost) cannot leave this one.
+# While Redis keeps a scope's claim its attempt numbers are never reused, even after the claim
+# is given up, so stale entries of an earlier run in the stream, the cancel flag or a queue can
+# never pass for the new run's. A claim made where none was (a new id, or one whose claim Redis
+# lost) starts again at attempt 1, so a cancel flag left from before is not this run's and goes
+# (stale stream writers are fenced off by the workers' attempt markers). Each claim made gets
+# an epoch of its own, so a caller of an earlier claim under the id cannot leave this one.
 _CLAIM = """
 local fingerprint = redis.call('HGET', KEYS[1], 'fingerprint')
 if not fingerprint or fingerprint == '' then

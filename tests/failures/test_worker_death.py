@@ -124,6 +124,22 @@ def test_a_stream_whose_worker_dies_continues_on_the_other_worker(
 
 def test_a_unary_call_whose_worker_dies_gets_one_complete_answer(
         fleet: Fleet, reference: api.CompleteResponse) -> None:
+    """Tried up to three times: on this 2-core VM a stall of several seconds (a PING to an idle
+    Redis took 5 s in the CI of 2026-12-03 12:09, under memory reclaim while engines start) can
+    outlast the whole generation before the kill lands, and then nothing was tested."""
+    too_late = []
+    for _ in range(3):
+        ensure_workers(fleet)
+        late = _a_unary_call_through_a_worker_kill(fleet, reference)
+        if late is None:
+            return
+        too_late.append(late)
+    pytest.fail(f"each kill landed after its generation had ended: {too_late}")
+
+
+def _a_unary_call_through_a_worker_kill(fleet: Fleet, reference: api.CompleteResponse
+                                        ) -> str | None:
+    """Asserts what the caller gets; None, or why the kill came too late to matter."""
     rid = uuid.uuid4().hex
     result: dict[str, object] = {}
     stalls = _redis_stalls(fleet)
@@ -160,7 +176,9 @@ def test_a_unary_call_whose_worker_dies_gets_one_complete_answer(
     client = redis.Redis.from_url(fleet.redis_url)
     first_attempt = [event_from_fields(f) for _, f in
                      client.xrange(result_stream(request_scope("tenant-a", rid)))]
-    assert not any(e.HasField("final") for e in first_attempt), "killed too late to matter"
+    if any(e.HasField("final") for e in first_attempt):
+        caller.join(timeout=120)
+        return f"request {rid}: the final was written before worker {victim} was killed"
     caller.join(timeout=120)
     assert "error" not in result, result.get("error")
     response = result["response"]
@@ -178,6 +196,7 @@ def test_a_unary_call_whose_worker_dies_gets_one_complete_answer(
     assert attempts == [1, 2] or (attempts[:2] == [1, 2] and _redis_stalls(fleet) > stalls), \
         f"exactly one re-run, numbered 2, without a Redis stall: {attempts}"
     assert time.monotonic() - killed_at < 90
+    return None
 
 
 def test_with_no_live_worker_left_a_queued_request_fails_fast_not_at_its_deadline(

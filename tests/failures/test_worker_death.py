@@ -125,7 +125,7 @@ def test_a_stream_whose_worker_dies_continues_on_the_other_worker(
 def test_a_unary_call_whose_worker_dies_gets_one_complete_answer(
         fleet: Fleet, reference: api.CompleteResponse) -> None:
     """Tried up to three times: on this 2-core VM a stall of several seconds (a PING to an idle
-    Redis took 5 s in the CI of 2026-12-03 12:09, under memory reclaim while engines start) can
+    Redis took 5 s in the CI of 2026-12-03 12:09, while engines started and served) can
     outlast the whole generation before the kill lands, and then nothing was tested."""
     too_late = []
     for _ in range(3):
